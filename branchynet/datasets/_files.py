@@ -1,0 +1,129 @@
+"""Where dataset files live, how they are checked, and how missing ones are fetched.
+
+Search order for a dataset's files: the directory given on the command line (or in code),
+then ``$BRANCHYNET_DATA``, then a per-user cache (``$XDG_CACHE_HOME/branchynet`` or
+``~/.cache/branchynet``). Each root is tried as ``<root>/<dataset>/`` and ``<root>/``.
+Missing files are downloaded into the cache, checksum-verified, and moved into place
+atomically; a file with the wrong checksum is reported and never used.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+
+ENV_VAR = "BRANCHYNET_DATA"
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be found, fetched or verified; the message says how to fix it."""
+
+
+def cache_dir():
+    """The per-user cache directory for datasets and preprocessed arrays."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "branchynet")
+
+
+def search_roots(data_dir=None):
+    """The data roots to search, in priority order (flag > environment > cache)."""
+    roots = []
+    if data_dir:
+        roots.append(os.path.abspath(os.path.expanduser(os.fspath(data_dir))))
+    if os.environ.get(ENV_VAR):
+        roots.append(os.path.abspath(os.path.expanduser(os.environ[ENV_VAR])))
+    roots.append(cache_dir())
+    return roots
+
+
+def md5sum(path, chunk=1 << 20):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _candidates(dataset, filename, roots):
+    for root in roots:
+        yield os.path.join(root, dataset, filename)
+        yield os.path.join(root, filename)
+
+
+def locate(dataset, files, data_dir=None, mirrors=(), how_to=""):
+    """Return ``{filename: path}`` for every file in ``files`` (a ``{filename: md5}`` dict).
+
+    Each file is looked up in the search roots; the first copy found is checked against
+    its md5. Files found nowhere are downloaded from ``mirrors`` (base URLs tried in order)
+    into the cache. Raises DatasetError naming the files, the places searched and how to
+    provide them when that fails, and for any corrupt file.
+    """
+    roots = search_roots(data_dir)
+    found, missing = {}, []
+    for filename, md5 in files.items():
+        path = next((p for p in _candidates(dataset, filename, roots) if os.path.isfile(p)), None)
+        if path is None:
+            missing.append(filename)
+            continue
+        _verify(path, md5)
+        found[filename] = path
+    if not missing:
+        return found
+
+    target = os.path.join(cache_dir(), dataset)
+    errors = []
+    for filename in missing:
+        path = os.path.join(target, filename)
+        try:
+            download(filename, files[filename], path, mirrors)
+            found[filename] = path
+        except DatasetError as err:
+            errors.append(str(err))
+    if errors:
+        searched = "\n".join(f"  {os.path.join(r, dataset)}/ and {r}/" for r in roots)
+        still = [f for f in missing if f not in found]
+        raise DatasetError(
+            f"{dataset}: missing file(s) {', '.join(still)}.\n"
+            f"Looked in (command-line --data-dir, then ${ENV_VAR}, then the cache):\n{searched}\n"
+            f"Download failed:\n  " + "\n  ".join(errors) + "\n"
+            f"To fix: put the files in one of those folders, or pass --data-dir / set {ENV_VAR} "
+            f"to the folder holding them. {how_to}".rstrip())
+    return found
+
+
+def _verify(path, md5):
+    actual = md5sum(path)
+    if actual != md5:
+        raise DatasetError(
+            f"{path} is corrupt: md5 {actual}, expected {md5}. "
+            f"Delete it and provide the official file (or let it be downloaded again).")
+
+
+def download(filename, md5, path, mirrors, timeout=30):
+    """Fetch ``filename`` from the first mirror that serves it with the right md5.
+
+    The file is written to a temporary name beside ``path`` and moved into place only
+    once verified, so an interrupted or corrupt download never appears as the file.
+    """
+    if not mirrors:
+        raise DatasetError(f"{filename}: no download mirror is known")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    reasons = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + filename
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + filename + ".")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
+            actual = md5sum(tmp)
+            if actual != md5:
+                reasons.append(f"{url}: wrong md5 {actual}")
+                continue
+            os.replace(tmp, path)
+            return path
+        except Exception as err:  # any network or HTTP failure: try the next mirror
+            reasons.append(f"{url}: {err}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise DatasetError("; ".join(reasons))

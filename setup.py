@@ -1,0 +1,27 @@
+"""Install the BranchyNet reimplementation: ``pip install -e .`` (see dev.sh for the constraint)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="branchynet",
+    version="0.1.0",
+    description="A faithful Chainer 7 reimplementation of BranchyNet (ICPR 2016)",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["branchynet", "branchynet.*", "networks", "experiments"]),
+    install_requires=[
+        "chainer==7.8.1",
+        # chainer imports pkg_resources at run time; setuptools 82 removed it.
+        "setuptools<82",
+        "numpy>=1.26",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "mlxtend>=0.23",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "gpu": ["cupy-cuda12x>=13"],
+    },
+    entry_points={"console_scripts": ["branchynet-run=experiments.run:main"]},
+)
