@@ -89,7 +89,8 @@ class BranchyNet(chainer.Chain):
     def run_trunk(self, h, n):
         """Run the trunk segments that lead from exit ``n - 1`` to exit ``n``."""
         for k in self._exit_segments[n]:
-            h = self.trunk[k](h)
+            if len(self.trunk[k]):  # a branch may leave before any trunk layer
+                h = self.trunk[k](h)
         return h
 
     def forward(self, x):
@@ -103,7 +104,7 @@ class BranchyNet(chainer.Chain):
     def predict_all_exits(self, x):
         """Inference-mode logits of every exit for a batch (arrays, no graph)."""
         with chainer.using_config("train", False), chainer.no_backprop_mode():
-            return [y.array for y in self.forward(x)]
+            return [chainer.as_array(y) for y in self.forward(x)]
 
     def predict(self, x, thresholds=()):
         """Early-exit inference on a batch; returns ``(labels, exits)`` arrays on the device.

@@ -5,6 +5,7 @@ masks and regrouping of samples stay on the device between exits.
 """
 import math
 
+import chainer
 from chainer import backend
 
 
@@ -55,7 +56,7 @@ def early_exit(net, x, thresholds, criterion="entropy"):
     last = net.n_exits - 1
     for n, head in enumerate(net.heads):
         h = net.run_trunk(h, n)
-        logits = head(h).array
+        logits = chainer.as_array(head(h))
         if n == last:
             labels[remaining] = logits.argmax(axis=1)
             exits[remaining] = n
@@ -67,5 +68,5 @@ def early_exit(net, x, thresholds, criterion="entropy"):
         remaining = remaining[stay]
         if len(remaining) == 0:
             break
-        h = h.array[stay]
+        h = chainer.as_array(h)[stay]
     return labels, exits

@@ -49,4 +49,4 @@ def get_network(name):
     return REGISTRY[name]
 
 
-from networks import lenet_mnist  # noqa: E402,F401  (registers itself)
+from networks import alexnet_cifar10, lenet_mnist, resnet110_cifar10  # noqa: E402,F401  (register themselves)

@@ -1,0 +1,80 @@
+"""Multiply-adds and parameters of each exit's path from the input (trunk prefix + head).
+
+Convention: one multiply-add (MAC) per weight use, per sample. A Convolution2D costs
+``out_h * out_w * out_c * (in_c / groups) * kh * kw`` and a Linear ``in * out``; bias
+additions are not counted, and neither are BatchNormalization, LRN, pooling, relu, dropout,
+padding or residual additions (elementwise work, not multiply-adds). Parameters are the
+learnable arrays of the links on the path (BatchNormalization's gamma and beta included,
+its running mean and variance not).
+
+The counts come from one forward of a zero sample in inference mode, with a link hook that
+records every Convolution2D and Linear call, so links nested in chains (e.g. a ResBlock)
+are counted with their actual input and output shapes.
+"""
+import chainer
+import chainer.links as L
+
+
+class _MacCounter(chainer.LinkHook):
+    """Records ``(link, macs, output shape)`` for every Convolution2D and Linear call."""
+
+    name = "MacCounter"
+
+    def __init__(self):
+        self.calls = []
+
+    def forward_postprocess(self, args):
+        link, out = args.link, args.out
+        if isinstance(link, L.Convolution2D):
+            x = args.args[0]
+            kh, kw = link.W.shape[2:]
+            per_output = (x.shape[1] // link.groups) * kh * kw
+            macs = out.size // out.shape[0] * per_output
+        elif isinstance(link, L.Linear):
+            macs = link.W.shape[0] * link.W.shape[1]
+        else:
+            return
+        self.calls.append((link, macs, tuple(out.shape[1:])))
+
+
+def exit_path(net, n):
+    """The Sequentials from the input to exit ``n`` (0-based): trunk segments, then head.
+
+    ``BranchyNet.exit_path_links(k)`` lists only the trunk segments exit k adds to those of
+    exit k - 1, so the full path is their union over k <= n.
+    """
+    segments = []
+    for k in range(n + 1):
+        segments += net.exit_path_links(k)[:-1]
+    return segments + [net.heads[n]]
+
+
+def count_exit_paths(net, input_shape):
+    """Count the multiply-adds and parameters of every exit's full path.
+
+    Args:
+        net: a ``branchynet.net.BranchyNet``.
+        input_shape: shape of one sample, e.g. ``(3, 32, 32)``.
+
+    Returns:
+        One dict per exit, in exit order: ``exit`` (1-based), ``macs`` (multiply-adds per
+        sample), ``params`` (learnable values on the path), and ``layers``: a list of
+        ``(link name, macs, output shape)`` for each counted call, in call order.
+    """
+    names = {id(link): name for name, link in net.namedlinks()}
+    xp = net.xp
+    results = []
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        for n in range(net.n_exits):
+            path = exit_path(net, n)
+            counter = _MacCounter()
+            h = xp.zeros((1,) + tuple(input_shape), xp.float32)
+            with counter:
+                for sequential in path:
+                    h = sequential(h)
+            params = sum(p.size for sequential in path for p in sequential.params())
+            layers = [(names.get(id(link), type(link).__name__), macs, shape)
+                      for link, macs, shape in counter.calls]
+            results.append({"exit": n + 1, "macs": sum(m for _, m, _ in layers),
+                            "params": int(params), "layers": layers})
+    return results

@@ -1,0 +1,125 @@
+"""Table I rows, machine description and Fig. 3-style plots."""
+import csv
+import io
+import os
+import platform
+import sys
+
+import numpy as np
+
+from branchynet.io import atomic_path, write_text
+
+TABLE_COLUMNS = [
+    ("network", "Network"), ("accuracy", "Acc.(%)"), ("time_ms", "Time(ms)"), ("gain", "Gain"),
+    ("thresholds", "Thrshld.T"), ("exit_percent", "Exit(%)"),
+    ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"), ("trunk_gain", "Trunk-only gain"),
+]
+
+
+def device_label(device):
+    """A short name for a Chainer device: 'cpu' for @numpy, 'gpu0' for @cupy:0."""
+    name = str(device)
+    if name.startswith("@cupy:"):
+        return "gpu" + name.split(":")[1]
+    if name in ("@numpy", "@intel64"):
+        return "cpu"
+    return name.strip("@").replace(":", "")
+
+
+def machine_info(device):
+    """Where a measurement was taken: CPU model and cores, GPU name, library versions."""
+    import chainer
+    info = {"device": str(device), "platform": platform.platform(),
+            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "chainer": chainer.__version__, "numpy": np.__version__}
+    try:
+        import cupy
+        info["cupy"] = cupy.__version__
+        if str(device).startswith("@cupy"):
+            props = cupy.cuda.runtime.getDeviceProperties(device.device.id)
+            name = props["name"]
+            info["gpu"] = name.decode() if isinstance(name, bytes) else name
+            info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt(key, value):
+    if value is None or value == "":
+        return "-"
+    if key in ("accuracy",):
+        return f"{value:.2f}"
+    if key in ("time_ms", "predicted_ms", "trunk_ms"):
+        return f"{value:.3f}"
+    if key in ("gain", "trunk_gain"):
+        return f"{value:.2f}x"
+    if key == "thresholds":
+        return ", ".join(f"{t:g}" for t in value)
+    if key == "exit_percent":
+        return ", ".join(f"{p:.1f}" for p in value)
+    return str(value)
+
+
+def format_table(rows, title=""):
+    """Render Table I rows as an aligned text table."""
+    header = [label for _, label in TABLE_COLUMNS]
+    body = [[_fmt(key, row.get(key)) for key, _ in TABLE_COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = [title] if title else []
+    for r in [header] + body:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        if r is header:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(path, rows, columns=None):
+    """Write dict rows as CSV atomically; list values are joined with ';'."""
+    columns = columns or list(rows[0].keys())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([";".join(f"{v:g}" for v in row[c]) if isinstance(row.get(c), (list, tuple))
+                         else row.get(c, "") for c in columns])
+    write_text(path, buffer.getvalue())
+
+
+def plot_tradeoff(path_stem, title, grid_runtime, grid_accuracy, frontier_runtime,
+                  frontier_accuracy, baseline, knee, labels=("B-net", "baseline")):
+    """Fig. 3-style plot: all grid points, the frontier line, baseline diamond, knee star.
+
+    ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; writes PNG and PDF.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter(grid_runtime, grid_accuracy, s=8, color="0.75", label="grid (predicted)", zorder=1)
+    ax.plot(frontier_runtime, frontier_accuracy, "-o", ms=3, color="C0",
+            label=f"{labels[0]} frontier (measured)", zorder=2)
+    ax.plot(*baseline, "D", ms=8, color="C3", label=labels[1], zorder=3)
+    ax.plot(*knee, "*", ms=14, color="C1", label=f"{labels[0]} knee", zorder=4)
+    ax.set_xlabel("Runtime (ms per sample, batch size 1)")
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        with atomic_path(f"{path_stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""The exact threshold sweep: run every exit once, then evaluate any threshold vector.
+
+``collect_exit_outputs`` runs the whole B-net (all exits) over a dataset in batches and
+keeps, per sample and exit, the exit score (entropy) and the predicted label. For a
+threshold vector T, a sample's exit is the first n with score_n < T_n (else the last), so
+``evaluate_grid`` computes the accuracy and exit counts of every grid point exactly from
+those arrays, without running the network again.
+"""
+import itertools
+from dataclasses import dataclass
+
+import chainer
+import numpy as np
+from chainer import backend
+
+from branchynet.routing import CRITERIA, check_thresholds
+
+
+@dataclass
+class ExitOutputs:
+    """Per-sample results of every exit: ``scores`` and ``predictions`` are (samples, exits)."""
+    scores: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    criterion: str = "entropy"
+
+    @property
+    def n_exits(self):
+        return self.scores.shape[1]
+
+    def exit_accuracies(self):
+        """Accuracy of each exit if every sample took it."""
+        return (self.predictions == self.labels[:, None]).mean(axis=0)
+
+    def save(self, path):
+        from branchynet.io import atomic_path
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, scores=self.scores, predictions=self.predictions,
+                         labels=self.labels, criterion=self.criterion)
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path) as data:
+            return cls(data["scores"], data["predictions"], data["labels"], str(data["criterion"]))
+
+
+def collect_exit_outputs(net, x, y, batch_size=1000, device=None, criterion="entropy",
+                         progress=False):
+    """Run every exit of ``net`` over ``x`` (host arrays) and return ``ExitOutputs``.
+
+    Scores and predictions are computed on the network's device; one transfer per batch.
+    """
+    device = device or net.device
+    score = CRITERIA[criterion]
+    scores, predictions = [], []
+    starts = range(0, len(x), batch_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="exit outputs", unit="batch", leave=False)
+    for start in starts:
+        xb = device.send(x[start:start + batch_size])
+        logits = net.predict_all_exits(xb)
+        xp = backend.get_array_module(logits[0])
+        scores.append(backend.CpuDevice().send(xp.stack([score(z) for z in logits], axis=1)))
+        predictions.append(backend.CpuDevice().send(
+            xp.stack([z.argmax(axis=1) for z in logits], axis=1).astype(np.int32)))
+    return ExitOutputs(np.concatenate(scores), np.concatenate(predictions),
+                       np.asarray(y, np.int32), criterion)
+
+
+def threshold_grid(values, n_exits):
+    """All threshold vectors over ``values`` for the exits but the last, shape (G, n_exits-1).
+
+    The order is that of ``itertools.product`` (the authors' ``generate_thresholds``).
+    """
+    if n_exits < 2:
+        raise ValueError("a threshold grid needs a network with at least two exits")
+    grid = np.array(list(itertools.product(values, repeat=n_exits - 1)), dtype=np.float64)
+    for row in grid[:1]:
+        check_thresholds(row, n_exits)
+    if (grid < 0).any() or np.isnan(grid).any():
+        raise ValueError("threshold grid values must be >= 0 and not NaN")
+    return grid
+
+
+@dataclass
+class SweepResult:
+    """Accuracy and exit counts of every threshold vector of a grid."""
+    thresholds: np.ndarray   # (G, n_exits - 1)
+    accuracy: np.ndarray     # (G,)
+    exit_counts: np.ndarray  # (G, n_exits)
+
+    @property
+    def exit_fractions(self):
+        return self.exit_counts / self.exit_counts.sum(axis=1, keepdims=True)
+
+
+def exit_indices(outputs, thresholds):
+    """Exit taken by every sample under each threshold vector, shape (G, samples)."""
+    thresholds = np.atleast_2d(np.asarray(thresholds, np.float64))
+    n_exits = outputs.n_exits
+    if thresholds.shape[1] != n_exits - 1:
+        raise ValueError(f"{n_exits} exits need {n_exits - 1} thresholds per vector, "
+                         f"got {thresholds.shape[1]}")
+    chosen = np.full((len(thresholds), len(outputs.labels)), n_exits - 1, np.int32)
+    decided = np.zeros(chosen.shape, bool)
+    for n in range(n_exits - 1):
+        # Same comparison as the routing: float32 score against the threshold, strict.
+        leave = ~decided & (outputs.scores[None, :, n] < thresholds[:, n, None])
+        chosen[leave] = n
+        decided |= leave
+    return chosen
+
+
+def evaluate_grid(outputs, thresholds, chunk=256):
+    """Exact accuracy and exit counts for each threshold vector (rows of ``thresholds``)."""
+    thresholds = np.atleast_2d(np.asarray(thresholds, np.float64))
+    correct = outputs.predictions == outputs.labels[:, None]  # (samples, exits)
+    accuracy = np.empty(len(thresholds))
+    counts = np.empty((len(thresholds), outputs.n_exits), np.int64)
+    columns = np.arange(len(outputs.labels))
+    for start in range(0, len(thresholds), chunk):
+        chosen = exit_indices(outputs, thresholds[start:start + chunk])
+        accuracy[start:start + chunk] = correct[columns[None, :], chosen].mean(axis=1)
+        for n in range(outputs.n_exits):
+            counts[start:start + chunk, n] = (chosen == n).sum(axis=1)
+    return SweepResult(thresholds, accuracy, counts)
+
+
+def predict_runtime(exit_fractions, path_latency):
+    """Expected per-sample runtime: sum over exits of fraction exiting there x path latency."""
+    return np.asarray(exit_fractions) @ np.asarray(path_latency)

@@ -1,0 +1,1 @@
+"""The experiment runner: ``python -m experiments.run --help``."""

@@ -1,0 +1,66 @@
+"""B-AlexNet on CIFAR-10 (PAPER.md section 2): three exits; the main branch is the baseline.
+
+Layer list, as in the authors' ``networks/alex_cifar10.py``::
+
+    conv(3,32,5,pad2), relu, pool, LRN, conv(32,64,5,pad2)
+    || B1: [relu, pool, LRN, conv(64,32,3,pad1), relu, conv(32,32,3,pad1), relu, pool, fc(512,10)]
+    relu, pool, LRN, conv(64,96,3,pad1)
+    || B2: [relu, pool, LRN, conv(96,32,3,pad1), relu, pool, fc(128,10)]
+    relu, conv(96,96,3,pad1), relu, conv(96,64,3,pad1), relu, pool,
+    fc(1024,256), relu, dropout(0.5), fc(256,128), relu, dropout(0.5) || exit 3: [fc(128,10)]
+
+``pool`` is 3x3 max pooling with stride 2 and Chainer's default ``cover_all=True`` (so
+32 -> 16 -> 8 -> 4 -> 2), ``LRN`` is local_response_normalization(n=3, alpha=5e-5,
+beta=0.75). With a 3x32x32 input the fc inputs are 32*4*4 = 512 (B1), 32*2*2 = 128 (B2)
+and 64*4*4 = 1024 (main). ``F.dropout`` is active only while ``chainer.config.train``.
+"""
+import functools
+
+import chainer.functions as F
+import chainer.links as L
+
+from branchynet.net import Branch
+from networks import NetworkSpec, register
+
+# The authors' AlexNet grid (PAPER.md section 3).
+GRID = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1.0, 5.0, 10.0)
+
+
+def build():
+    """Return a fresh B-AlexNet layer list."""
+    pool = functools.partial(F.max_pooling_2d, ksize=3, stride=2)
+    lrn = functools.partial(F.local_response_normalization, n=3, alpha=5e-5, beta=0.75)
+    dropout = functools.partial(F.dropout, ratio=0.5)
+    return [
+        L.Convolution2D(3, 32, 5, stride=1, pad=2), F.relu, pool, lrn,
+        L.Convolution2D(32, 64, 5, stride=1, pad=2),
+        Branch([F.relu, pool, lrn,
+                L.Convolution2D(64, 32, 3, pad=1), F.relu,
+                L.Convolution2D(32, 32, 3, pad=1), F.relu,
+                pool, L.Linear(512, 10)]),
+        F.relu, pool, lrn,
+        L.Convolution2D(64, 96, 3, stride=1, pad=1),
+        Branch([F.relu, pool, lrn,
+                L.Convolution2D(96, 32, 3, pad=1), F.relu,
+                pool, L.Linear(128, 10)]),
+        F.relu,
+        L.Convolution2D(96, 96, 3, stride=1, pad=1), F.relu,
+        L.Convolution2D(96, 64, 3, stride=1, pad=1), F.relu,
+        pool,
+        L.Linear(1024, 256), F.relu, dropout,
+        L.Linear(256, 128), F.relu, dropout,
+        Branch([L.Linear(128, 10)]),
+    ]
+
+
+SPEC = register(NetworkSpec(
+    name="alexnet_cifar10",
+    title="AlexNet",
+    build=build,
+    dataset="cifar10",
+    quick_dataset="cifar10",
+    grid=GRID,
+    inc_amt=-0.0001,  # experiment_alex_cifar10.py plots with inc_amt=-0.0001
+    paper={"batch_size": 512, "baseline_epochs": 50, "branchy_epochs": 100},
+    quick={"batch_size": 128, "baseline_epochs": 2, "branchy_epochs": 2},
+))

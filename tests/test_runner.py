@@ -1,0 +1,77 @@
+"""The experiment runner end to end on a tiny setting, its resume, and its bad-input errors."""
+import json
+import os
+
+import branchynet  # noqa: F401
+import pytest
+
+from experiments.run import main, parse_args
+
+TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "640",
+        "--test-limit", "200", "--baseline-epochs", "1", "--branchy-epochs", "1",
+        "--batch-size", "32", "--timing-samples", "40", "--no-progress"]
+
+
+def test_runner_end_to_end_and_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    summary = main(TINY + ["--out", out])
+    printed = capsys.readouterr().out
+    assert "Table I rows: LeNet on mnist-5k, cpu" in printed and "B-LeNet" in printed
+    for name in ("config.json", "baseline.npz", "branchynet.npz", "exit_outputs.npz",
+                 "timing_cpu.json", "sweep_cpu.csv", "table_cpu.csv", "table_cpu.json",
+                 "tradeoff_cpu.png", "tradeoff_cpu.pdf", "summary.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "table_cpu.json")) as f:
+        table = json.load(f)
+    base, knee = table["rows"]
+    assert base["network"] == "LeNet" and knee["network"] == "B-LeNet"
+    assert len(knee["thresholds"]) == 1 and sum(knee["exit_percent"]) == pytest.approx(100)
+    assert knee["gain"] == pytest.approx(base["time_ms"] / knee["time_ms"])
+    assert table["machine"]["chainer"] == "7.8.1" and table["timing"]["samples"] == 40
+    with open(os.path.join(out, "sweep_cpu.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 1 + 17  # the paper's LeNet grid
+    cpu = summary["devices"]["cpu"]
+    assert cpu["knee"] in cpu["frontier"]
+    assert all(r for r in cpu["rows"])
+
+    # A second run reuses the trained weights and cached outputs instead of retraining.
+    main(TINY + ["--out", out])
+    printed = capsys.readouterr().out
+    assert "[baseline] reusing" in printed and "[branchynet] reusing" in printed
+    assert "training" not in printed
+
+    # Other training settings in the same folder are refused with a clear message.
+    with pytest.raises(SystemExit, match="holds a run with other settings.*seed"):
+        main(TINY + ["--out", out, "--seed", "1"])
+
+
+def test_paper_preset_uses_the_authors_settings():
+    args = parse_args(["--network", "lenet_mnist", "--paper"])
+    assert (args.dataset, args.batch_size, args.baseline_epochs, args.branchy_epochs) == \
+        ("mnist", 512, 50, 100)
+    assert args.grid[0] == 0.0001 and args.grid[-1] == 10.0 and len(args.grid) == 17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "@nonsense"], "not a usable Chainer device"),
+    (["--grid", "-1", "0.5"], "--grid values must be >= 0"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--network", "vgg"], "invalid choice"),
+])
+def test_bad_arguments_are_reported(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BRANCHYNET_DATA", raising=False)
+    import branchynet.datasets as datasets
+    monkeypatch.setitem(datasets.LOADERS, "mnist",
+                        lambda data_dir=None, seed=0, **kw: datasets.load_mnist(
+                            data_dir, mirrors=("http://127.0.0.1:9/",)))
+    with pytest.raises(SystemExit, match="missing file"):
+        main(["--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"), "--out",
+              str(tmp_path / "r")])

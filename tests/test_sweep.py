@@ -1,0 +1,91 @@
+"""The cached sweep is exact: it equals real early-exit inference at every checked point."""
+import branchynet  # noqa: F401
+import numpy as np
+import pytest
+
+from branchynet.frontier import inc_points, knee
+from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
+                              predict_runtime, threshold_grid)
+from networks import get_network
+
+
+def test_threshold_grid_is_the_product_in_the_authors_order():
+    grid = threshold_grid([0.1, 1.0, 5.0], 3)
+    assert grid.shape == (9, 2)
+    assert grid[:4].tolist() == [[0.1, 0.1], [0.1, 1.0], [0.1, 5.0], [1.0, 0.1]]
+    assert threshold_grid(get_network("lenet_mnist").grid, 2).shape == (17, 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        threshold_grid([-1.0, 1.0], 2)
+
+
+def test_evaluation_on_a_hand_example():
+    # 4 samples, 3 exits. Scores (entropies) and predictions per exit; labels all 1.
+    outputs = ExitOutputs(scores=np.array([[0.1, 0.1, 0], [0.5, 0.1, 0], [0.5, 0.5, 0],
+                                           [0.2, 0.3, 0]], np.float32),
+                          predictions=np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]]),
+                          labels=np.array([1, 1, 1, 1]))
+    result = evaluate_grid(outputs, [[0.2, 0.2], [0.0, 0.0], [1.0, 0.0], [0.15, 0.4]])
+    # T=(0.2,0.2): s0 exit1 (ok), s1 exit2 (ok), s2 exit3 (ok), s3 exit3 (ok; 0.2 is not < 0.2)
+    # T=(0,0): all at exit 3 -> [0,0,1,1]; T=(1,0): all at exit 1 -> [1,0,0,0]
+    # T=(0.15,0.4): s0 exit1, s1 exit2, s2 exit3, s3 exit2 -> all correct
+    np.testing.assert_array_equal(result.accuracy, [1.0, 0.5, 0.25, 1.0])
+    np.testing.assert_array_equal(result.exit_counts,
+                                  [[1, 1, 2], [0, 0, 4], [4, 0, 0], [1, 2, 1]])
+    assert predict_runtime(result.exit_fractions[3], [1.0, 2.0, 4.0]) == pytest.approx(2.25)
+
+
+def test_cached_sweep_equals_real_early_exit_inference(lenet_pair, mnist):
+    _, branchy = lenet_pair
+    x, y = mnist.test_x[:1000], mnist.test_y[:1000]
+    outputs = collect_exit_outputs(branchy, x, y, batch_size=250)
+    grid = threshold_grid(get_network("lenet_mnist").grid, 2)
+    sweep = evaluate_grid(outputs, grid)
+    chosen = exit_indices(outputs, grid)
+    checked_mixed = 0
+    for i in range(0, len(grid), 3):  # every third grid point, at batch size 1000
+        labels, exits = branchy.predict(x, grid[i])
+        np.testing.assert_array_equal(exits, chosen[i])
+        assert (labels == y).mean() == sweep.accuracy[i]
+        np.testing.assert_array_equal(np.bincount(exits, minlength=2), sweep.exit_counts[i])
+        checked_mixed += 0 < exits.sum() < len(x)
+    assert checked_mixed >= 2  # several checked points really split the samples
+
+
+def test_cached_sweep_equals_batch_size_one_inference(lenet_pair, mnist):
+    from branchynet.timing import time_early_exit
+    _, branchy = lenet_pair
+    x, y = mnist.test_x[:200], mnist.test_y[:200]
+    outputs = collect_exit_outputs(branchy, x, y)
+    for t in (0.05, 0.5):
+        _, labels, exits = time_early_exit(branchy, x, [t], warmup=0)
+        expected = evaluate_grid(outputs, [[t]])
+        assert (labels == y).mean() == expected.accuracy[0]
+        np.testing.assert_array_equal(np.bincount(exits, minlength=2), expected.exit_counts[0])
+
+
+def test_exit_outputs_round_trip(tmp_path):
+    outputs = ExitOutputs(np.random.rand(5, 2).astype(np.float32), np.zeros((5, 2), np.int32),
+                          np.arange(5, dtype=np.int32))
+    outputs.save(str(tmp_path / "o.npz"))
+    back = ExitOutputs.load(str(tmp_path / "o.npz"))
+    np.testing.assert_array_equal(back.scores, outputs.scores)
+    assert back.criterion == "entropy"
+
+
+def test_inc_points_follow_the_authors_rule():
+    runtime = [5.0, 1.0, 2.0, 3.0, 4.0, 2.0]
+    accuracy = [0.99, 0.90, 0.95, 0.9496, 0.97, 0.94]
+    # Sorted by runtime: 1 (0.90), 2 (0.95), 5 (0.94), 3 (0.9496), 4 (0.97), 0 (0.99).
+    # With inc_amt=-0.0005: keep 1, 2; drop 5 (0.94 <= 0.9495); keep 3 (0.9496 > 0.9495);
+    # keep 4 and 0.
+    assert inc_points(accuracy, runtime, -0.0005).tolist() == [1, 2, 3, 4, 0]
+    assert inc_points(accuracy, runtime, 0.0).tolist() == [1, 2, 4, 0]
+
+
+def test_knee_is_the_point_farthest_above_the_chord():
+    runtime = np.array([1.0, 2.0, 3.0, 10.0])
+    accuracy = np.array([0.80, 0.97, 0.98, 0.99])
+    frontier = np.arange(4)
+    # scaled acc - scaled runtime: 0, 0.895-0.111, 0.947-0.222, 0 -> index 1
+    assert knee(accuracy, runtime, frontier) == 1
+    assert knee(accuracy, runtime, np.array([2])) == 2
