@@ -21,7 +21,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "gpu": ["cupy-cuda12x>=13"],
+        # CuPy for a CUDA 12 or a CUDA 13 driver. CuPy 14 wheels carry no CUDA libraries;
+        # [ctk] brings cuBLAS, cuRAND and NVRTC as wheels (docs/gpu.md). CuPy 13 works too.
+        "gpu": ["cupy-cuda12x[ctk]>=13"],
+        "gpu-cuda13": ["cupy-cuda13x[ctk]>=13.6"],
     },
     entry_points={"console_scripts": ["branchynet-run=experiments.run:main"]},
 )

@@ -11,7 +11,8 @@ import types
 import numpy
 
 # CuPy 14 ships no cuDNN: tell Chainer not to look for it (silences an import-time
-# warning), and do not warn that the package is called cupy-cudaXXx rather than cupy.
+# warning; with CuPy 13 and a cuDNN installed it keeps Chainer on the same im2col kernels),
+# and do not warn that the package is called cupy-cudaXXx rather than cupy.
 os.environ.setdefault("CHAINER_CUDNN", "0")
 os.environ.setdefault("CHAINER_WARN_VERSION_MISMATCH", "0")
 
@@ -52,3 +53,30 @@ def _import_chainer():
 
 
 _import_chainer()
+
+
+def cuda_status():
+    """``(gpus, reason)``: how many CUDA GPUs Chainer can use here, and why none if 0.
+
+    Chainer 7 swallows any error while importing CuPy and only sets
+    ``chainer.backends.cuda.available = False``. With CuPy 14 the usual cause is missing
+    CUDA libraries (the wheels ship none: install ``cupy-cuda12x[ctk]`` or a CUDA
+    toolkit), which Chainer notices because it imports ``cupyx.scipy.linalg`` (cuBLAS).
+    This reports that reason instead of hiding it. See docs/gpu.md.
+    """
+    try:
+        import cupy
+    except Exception as err:  # ImportError, or a broken install raising anything
+        return 0, f"CuPy is not installed ({type(err).__name__}: {err})"
+    from chainer.backends import cuda
+    if not cuda.available:
+        err = getattr(cuda, "_resolution_error", None)
+        return 0, (f"Chainer cannot use CuPy {cupy.__version__}: "
+                   f"{type(err).__name__}: {err}").strip()
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # no driver, or a driver older than the CUDA runtime
+        return 0, f"CuPy {cupy.__version__} finds no usable CUDA device ({err})"
+    if count == 0:
+        return 0, f"CuPy {cupy.__version__}: cupy.cuda.runtime.getDeviceCount() == 0"
+    return count, ""

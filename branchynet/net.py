@@ -18,7 +18,7 @@ import chainer
 import chainer.functions as F
 from chainer import backend
 
-from branchynet.routing import check_thresholds, early_exit
+from branchynet.routing import check_thresholds, early_exit, get_criterion
 
 
 class Branch:
@@ -106,16 +106,19 @@ class BranchyNet(chainer.Chain):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             return [chainer.as_array(y) for y in self.forward(x)]
 
-    def predict(self, x, thresholds=()):
+    def predict(self, x, thresholds=(), criterion="entropy"):
         """Early-exit inference on a batch; returns ``(labels, exits)`` arrays on the device.
 
-        ``thresholds`` holds one entropy threshold per exit but the last; a sample leaves
-        at the first exit whose entropy is strictly below its threshold. Only the samples
+        ``thresholds`` holds one threshold per exit but the last; a sample leaves at the
+        first exit whose score is strictly below its threshold. The score is the entropy
+        of the exit's softmax by default; ``criterion`` picks another from
+        ``branchynet.routing.CRITERIA`` (``'max-prob'``, ``'margin'``). Only the samples
         still undecided run the next trunk segment.
         """
         thresholds = check_thresholds(thresholds, self.n_exits)
+        get_criterion(criterion)  # an unknown name fails before any work
         with chainer.using_config("train", False), chainer.no_backprop_mode():
-            return early_exit(self, x, thresholds)
+            return early_exit(self, x, thresholds, criterion)
 
     def init_from_baseline(self, baseline):
         """Copy the trunk and final classifier from a trained baseline (``main_only``) net.

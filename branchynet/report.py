@@ -10,10 +10,14 @@ import numpy as np
 from branchynet.io import atomic_path, write_text
 
 TABLE_COLUMNS = [
-    ("network", "Network"), ("accuracy", "Acc.(%)"), ("time_ms", "Time(ms)"), ("gain", "Gain"),
-    ("thresholds", "Thrshld.T"), ("exit_percent", "Exit(%)"),
-    ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"), ("trunk_gain", "Trunk-only gain"),
+    ("network", "Network"), ("selection", "Selection"), ("accuracy", "Acc.(%)"),
+    ("time_ms", "Time(ms)"), ("gain", "Gain"), ("thresholds", "Thrshld.T"),
+    ("exit_percent", "Exit(%)"), ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"),
+    ("trunk_gain", "Trunk-only gain"), ("val_accuracy", "Val acc.(%)"),
+    ("val_predicted_ms", "Val pred.(ms)"),
 ]
+# Columns printed only when some row has a value for them.
+OPTIONAL_COLUMNS = ("selection", "val_accuracy", "val_predicted_ms")
 
 
 def device_label(device):
@@ -59,9 +63,9 @@ def _cpu_model():
 def _fmt(key, value):
     if value is None or value == "":
         return "-"
-    if key in ("accuracy",):
+    if key in ("accuracy", "val_accuracy"):
         return f"{value:.2f}"
-    if key in ("time_ms", "predicted_ms", "trunk_ms"):
+    if key in ("time_ms", "predicted_ms", "trunk_ms", "val_predicted_ms"):
         return f"{value:.3f}"
     if key in ("gain", "trunk_gain"):
         return f"{value:.2f}x"
@@ -74,8 +78,10 @@ def _fmt(key, value):
 
 def format_table(rows, title=""):
     """Render Table I rows as an aligned text table."""
-    header = [label for _, label in TABLE_COLUMNS]
-    body = [[_fmt(key, row.get(key)) for key, _ in TABLE_COLUMNS] for row in rows]
+    columns = [(key, label) for key, label in TABLE_COLUMNS
+               if key not in OPTIONAL_COLUMNS or any(row.get(key) not in (None, "") for row in rows)]
+    header = [label for _, label in columns]
+    body = [[_fmt(key, row.get(key)) for key, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines = [title] if title else []
     for r in [header] + body:
@@ -98,10 +104,12 @@ def write_csv(path, rows, columns=None):
 
 
 def plot_tradeoff(path_stem, title, grid_runtime, grid_accuracy, frontier_runtime,
-                  frontier_accuracy, baseline, knee, labels=("B-net", "baseline")):
+                  frontier_accuracy, baseline, knee, labels=("B-net", "baseline"), marks=()):
     """Fig. 3-style plot: all grid points, the frontier line, baseline diamond, knee star.
 
-    ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; writes PNG and PDF.
+    ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; ``marks`` are more
+    ``(label, runtime_ms, accuracy_percent)`` points (e.g. thresholds chosen on
+    validation); writes PNG and PDF.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -112,7 +120,11 @@ def plot_tradeoff(path_stem, title, grid_runtime, grid_accuracy, frontier_runtim
     ax.plot(frontier_runtime, frontier_accuracy, "-o", ms=3, color="C0",
             label=f"{labels[0]} frontier (measured)", zorder=2)
     ax.plot(*baseline, "D", ms=8, color="C3", label=labels[1], zorder=3)
-    ax.plot(*knee, "*", ms=14, color="C1", label=f"{labels[0]} knee", zorder=4)
+    ax.plot(*knee, "*", ms=14, color="C1", zorder=4,
+            label=f"{labels[0]} knee" + (" (test set, as paper)" if marks else ""))
+    for k, (label, runtime, accuracy) in enumerate(marks):
+        ax.plot(runtime, accuracy, "sv^<>ph"[k % 7], ms=7, mfc="none", mew=1.5,
+                color=f"C{(k + 4) % 10}", label=label, zorder=5)
     ax.set_xlabel("Runtime (ms per sample, batch size 1)")
     ax.set_ylabel("Accuracy (%)")
     ax.set_title(title, fontsize=10)

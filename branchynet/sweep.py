@@ -1,7 +1,8 @@
 """The exact threshold sweep: run every exit once, then evaluate any threshold vector.
 
 ``collect_exit_outputs`` runs the whole B-net (all exits) over a dataset in batches and
-keeps, per sample and exit, the exit score (entropy) and the predicted label. For a
+keeps, per sample and exit, the exit score (entropy by default, or another criterion of
+``branchynet.routing.CRITERIA``) and the predicted label. For a
 threshold vector T, a sample's exit is the first n with score_n < T_n (else the last), so
 ``evaluate_grid`` computes the accuracy and exit counts of every grid point exactly from
 those arrays, without running the network again.
@@ -13,7 +14,26 @@ import chainer
 import numpy as np
 from chainer import backend
 
-from branchynet.routing import CRITERIA, check_thresholds
+from branchynet.routing import check_thresholds, get_criterion
+
+# Default threshold values of the criteria other than entropy (entropy uses the network's
+# own grid, the paper's). Max-prob and margin scores lie in [0, 1]; T means "exit when the
+# top probability exceeds 1 - T" (max-prob) or "when the top two probabilities differ by
+# more than 1 - T" (margin). Dense near 0 (confident), like the paper's entropy grids;
+# 1.0 releases (nearly) every sample, as entropy's 10 does.
+CRITERION_GRIDS = {
+    "max-prob": (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
+                 0.2, 0.3, 0.4, 0.5, 0.75, 1.0),
+    "margin": (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
+               0.2, 0.3, 0.4, 0.5, 0.75, 1.0),
+}
+
+
+def default_grid(criterion, network_grid):
+    """Threshold values swept for ``criterion``: the network's (paper) grid for entropy,
+    ``CRITERION_GRIDS[criterion]`` for the others."""
+    get_criterion(criterion)
+    return tuple(network_grid) if criterion == "entropy" else CRITERION_GRIDS[criterion]
 
 
 @dataclass
@@ -27,6 +47,14 @@ class ExitOutputs:
     @property
     def n_exits(self):
         return self.scores.shape[1]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, index):
+        """The outputs of the samples ``index`` (a slice, indices or a mask)."""
+        return ExitOutputs(self.scores[index], self.predictions[index], self.labels[index],
+                           self.criterion)
 
     def exit_accuracies(self):
         """Accuracy of each exit if every sample took it."""
@@ -52,7 +80,7 @@ def collect_exit_outputs(net, x, y, batch_size=1000, device=None, criterion="ent
     Scores and predictions are computed on the network's device; one transfer per batch.
     """
     device = device or net.device
-    score = CRITERIA[criterion]
+    score = get_criterion(criterion)
     scores, predictions = [], []
     starts = range(0, len(x), batch_size)
     if progress:

@@ -29,22 +29,24 @@ def _samples(x, progress, desc):
     return indices
 
 
-def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, desc="timing"):
+def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, desc="timing",
+                    criterion="entropy"):
     """Run early-exit inference one sample at a time; return per-sample seconds and results.
 
-    Returns ``(seconds, labels, exits)`` as host arrays of length ``len(x)``.
+    ``criterion`` is the exit score (see ``branchynet.routing.CRITERIA``). Returns
+    ``(seconds, labels, exits)`` as host arrays of length ``len(x)``.
     """
     device = device or net.device
     cpu = backend.CpuDevice()
     for i in range(min(warmup, len(x))):
-        net.predict(device.send(x[i:i + 1]), thresholds)
+        net.predict(device.send(x[i:i + 1]), thresholds, criterion)
     synchronize(device)
     seconds = np.empty(len(x))
     labels = np.empty(len(x), np.int32)
     exits = np.empty(len(x), np.int32)
     for i in _samples(x, progress, desc):
         start = time.perf_counter()
-        label, exit_ = net.predict(device.send(x[i:i + 1]), thresholds)
+        label, exit_ = net.predict(device.send(x[i:i + 1]), thresholds, criterion)
         label, exit_ = cpu.send(label), cpu.send(exit_)
         synchronize(device)
         seconds[i] = time.perf_counter() - start
@@ -55,20 +57,21 @@ def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, 
 def forced_exit_thresholds(n, n_exits):
     """Thresholds that send every sample out at exit ``n`` (0-based).
 
-    Threshold 0 keeps every sample (entropy is never < 0); infinity lets every sample out.
+    Threshold 0 keeps every sample (no criterion's score is < 0); infinity lets every
+    sample out.
     """
     return [0.0] * n + [np.inf] * (n_exits - 1 - n)
 
 
-def exit_path_latency(net, x, device=None, warmup=10, progress=False):
+def exit_path_latency(net, x, device=None, warmup=10, progress=False, criterion="entropy"):
     """Mean end-to-end seconds per sample of each exit path (samples forced out there).
 
-    Each path includes the exit decisions (softmax, entropy, comparison) made at the
-    exits before it, as real early-exit inference does.
+    Each path includes the exit decisions (softmax, the ``criterion``'s score,
+    comparison) made at the exits before it, as real early-exit inference does.
     """
     return np.array([
         time_early_exit(net, x, forced_exit_thresholds(n, net.n_exits), device, warmup,
-                        progress, desc=f"exit {n + 1} path")[0].mean()
+                        progress, desc=f"exit {n + 1} path", criterion=criterion)[0].mean()
         for n in range(net.n_exits)])
 
 

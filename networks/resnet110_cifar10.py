@@ -17,6 +17,8 @@ convolutions and the final fc make the 110 layers. The trunk and ResBlock convol
 He-normal initialisation (the authors' ``wscale=sqrt(2)``); the B1 branch keeps Chainer's
 default, as in the authors' code. BatchNormalization normalises with batch statistics in
 training and with its running averages when ``chainer.config.train`` is False.
+
+Data: per-channel standardisation, as for B-AlexNet (see networks/alexnet_cifar10.py).
 """
 import functools
 
@@ -101,4 +103,5 @@ SPEC = register(NetworkSpec(
     inc_amt=-0.0001,  # experiment_resnet_cifar10.py plots with inc_amt=-0.0001
     paper={"batch_size": 64, "baseline_epochs": 100, "branchy_epochs": 100},
     quick={"batch_size": 64, "baseline_epochs": 1, "branchy_epochs": 1},
+    dataset_options={"preprocess": "standardize"},
 ))

@@ -52,15 +52,16 @@ FILES = {
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
 TRAIN_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
-BATCH_SIZE = 10000
 MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 PREPROCESSINGS = ("scale", "standardize", "zca")
 # Bump when the cached zca arrays would change for the same settings.
 _ZCA_CACHE_FORMAT = 1
 
 
-def _check_folder(folder, files=FILES):
-    """Verify that ``folder`` holds every file of ``files`` with its md5; return the folder."""
+def _check_folder(folder, files=None):
+    """Verify that ``folder`` holds every file of ``files`` (default ``FILES``, a
+    ``{name: md5}`` dict) with its md5; return the folder."""
+    files = FILES if files is None else files
     missing = [name for name in files if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise DatasetError(
@@ -77,13 +78,16 @@ def _check_folder(folder, files=FILES):
     return folder
 
 
-def _extract(archive, target, archive_md5=ARCHIVE_MD5, files=FILES):
+def _extract(archive, target, archive_md5=None, files=None):
     """Extract the files of ``files`` from ``archive`` into the folder ``target``.
 
     Only members named ``<FOLDER>/<file>`` are read, so a hostile archive cannot write
     elsewhere. They go to a temporary folder beside ``target`` that is renamed into place
     once every md5 has been checked: an interrupted extraction never looks complete.
+    ``archive_md5`` and ``files`` default to the official ``ARCHIVE_MD5`` and ``FILES``.
     """
+    archive_md5 = ARCHIVE_MD5 if archive_md5 is None else archive_md5
+    files = FILES if files is None else files
     actual = md5sum(archive)
     if actual != archive_md5:
         raise DatasetError(f"{archive} is corrupt: md5 {actual}, expected {archive_md5}. "
@@ -333,8 +337,9 @@ def load_npz_dataset(path, name="npz"):
     with archive:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:
-            raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; it holds "
-                               f"{', '.join(archive.files) or 'nothing'} (need {', '.join(NPZ_KEYS)})")
+            held = ", ".join(archive.files) or "nothing"
+            raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; it holds {held} "
+                               f"(need {', '.join(NPZ_KEYS)})")
         arrays = {k: archive[k] for k in NPZ_KEYS}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]

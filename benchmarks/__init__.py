@@ -1,0 +1,1 @@
+"""Benchmarks: latency, sweep cost, training and batched throughput (see docs/benchmarks.md)."""
