@@ -135,7 +135,7 @@ def exit_indices(outputs, thresholds):
     decided = np.zeros(chosen.shape, bool)
     for n in range(n_exits - 1):
         # Same comparison as the routing: float32 score against the threshold, strict.
-        leave = ~decided & (outputs.scores[None, :, n] < thresholds[:, n, None])
+        leave = ~decided & (outputs.scores[None, :, n] < thresholds[:, n, None].astype(outputs.scores.dtype))
         chosen[leave] = n
         decided |= leave
     return chosen

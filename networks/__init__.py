@@ -6,6 +6,8 @@ this registry, so adding a network means adding a module and one ``register`` ca
 """
 from dataclasses import dataclass, field
 
+import branchynet  # noqa: F401  (Chainer compatibility fixes before any network imports chainer)
+
 REGISTRY = {}
 
 
