@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from chainer.function_hooks import TimerHook  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
-from branchynet.flops import count_exit_paths  # noqa: E402
+from branchynet.flops import expected_macs, exit_path_costs  # noqa: E402
 from branchynet.routing import check_thresholds  # noqa: E402
 from branchynet.sweep import evaluate_grid  # noqa: E402
 from branchynet.timing import forced_exit_thresholds, time_early_exit, trunk_latency  # noqa: E402
@@ -104,18 +104,12 @@ def thresholds_for_mix(outputs, mix):
 
 def flop_figures(branchy, baseline, input_shape, fractions):
     """Multiply-adds per exit path, and the FLOP-ideal gains at the given exit fractions."""
-    paths = count_exit_paths(branchy, input_shape)
-    base_macs = count_exit_paths(baseline, input_shape)[0]["macs"]
-    macs = np.array([p["macs"] for p in paths], np.float64)
-    head = np.array([sum(m for name, m, _ in p["layers"] if name.startswith(f"/exit{p['exit']}/"))
-                     for p in paths], np.float64)
-    # A sample leaving at exit n also ran the heads of exits 1..n-1.
-    with_heads = macs + np.concatenate([[0], np.cumsum(head)[:-1]])
-    expected = float(np.dot(fractions, macs))
-    expected_heads = float(np.dot(fractions, with_heads))
-    return {"baseline_macs": int(base_macs), "path_macs": macs.astype(int).tolist(),
-            "head_macs": head.astype(int).tolist(),
-            "path_macs_with_earlier_heads": with_heads.astype(int).tolist(),
+    costs = exit_path_costs(branchy, input_shape)
+    base_macs = exit_path_costs(baseline, input_shape)["path_macs"][0]
+    expected = expected_macs(fractions, costs["path_macs"])
+    expected_heads = expected_macs(fractions, costs["macs"])
+    return {"baseline_macs": int(base_macs), "path_macs": costs["path_macs"],
+            "head_macs": costs["head_macs"], "path_macs_with_earlier_heads": costs["macs"],
             "expected_macs": expected, "expected_macs_with_earlier_heads": expected_heads,
             "flop_ideal_gain": base_macs / expected,
             "flop_gain_with_earlier_heads": base_macs / expected_heads}

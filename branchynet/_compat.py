@@ -7,6 +7,7 @@ exists (see CHAINER-ON-A-CURRENT-STACK.md for the findings behind each fix).
 import os
 import sys
 import types
+import warnings
 
 import numpy
 
@@ -36,7 +37,9 @@ def _import_chainer():
     if "chainer" in sys.modules:
         return
     try:
-        import numpy.distutils.system_info  # noqa: F401
+        with warnings.catch_warnings():  # present (deprecated) on NumPy < 2.5 and Python 3.11
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import numpy.distutils.system_info  # noqa: F401
         stubbed = []
     except Exception:
         system_info = types.ModuleType("numpy.distutils.system_info")

@@ -13,6 +13,7 @@ are counted with their actual input and output shapes.
 """
 import chainer
 import chainer.links as L
+import numpy as np
 
 
 class _MacCounter(chainer.LinkHook):
@@ -78,3 +79,27 @@ def count_exit_paths(net, input_shape):
             results.append({"exit": n + 1, "macs": sum(m for _, m, _ in layers),
                             "params": int(params), "layers": layers})
     return results
+
+
+def exit_path_costs(net, input_shape):
+    """Per-exit cost summary of ``net``: what a sample leaving at each exit costs.
+
+    Returns:
+        A dict of per-exit lists (exit order): ``path_macs`` (trunk prefix + that exit's
+        head), ``head_macs``, ``macs`` (``path_macs`` plus the heads of the earlier exits,
+        which a sample leaving there also ran: the work early-exit inference really does)
+        and ``params`` (learnable values on the path).
+    """
+    paths = count_exit_paths(net, input_shape)
+    path_macs = [p["macs"] for p in paths]
+    head_macs = [sum(m for name, m, _ in p["layers"] if name.startswith(f"/exit{p['exit']}/"))
+                 for p in paths]
+    earlier_heads = np.concatenate([[0], np.cumsum(head_macs)[:-1]]).astype(int)
+    return {"path_macs": path_macs, "head_macs": head_macs,
+            "macs": [int(m + h) for m, h in zip(path_macs, earlier_heads)],
+            "params": [p["params"] for p in paths]}
+
+
+def expected_macs(exit_fractions, macs):
+    """Multiply-adds per sample for the given fractions of samples leaving at each exit."""
+    return float(np.dot(np.asarray(exit_fractions, np.float64), np.asarray(macs, np.float64)))

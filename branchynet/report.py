@@ -13,7 +13,7 @@ TABLE_COLUMNS = [
     ("network", "Network"), ("selection", "Selection"), ("accuracy", "Acc.(%)"),
     ("time_ms", "Time(ms)"), ("gain", "Gain"), ("thresholds", "Thrshld.T"),
     ("exit_percent", "Exit(%)"), ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"),
-    ("trunk_gain", "Trunk-only gain"), ("val_accuracy", "Val acc.(%)"),
+    ("trunk_gain", "Trunk-only gain"), ("macs", "MACs(M)"), ("val_accuracy", "Val acc.(%)"),
     ("val_predicted_ms", "Val pred.(ms)"),
 ]
 # Columns printed only when some row has a value for them.
@@ -69,6 +69,8 @@ def _fmt(key, value):
         return f"{value:.3f}"
     if key in ("gain", "trunk_gain"):
         return f"{value:.2f}x"
+    if key == "macs":
+        return f"{value / 1e6:.3g}"
     if key == "thresholds":
         return ", ".join(f"{t:g}" for t in value)
     if key == "exit_percent":

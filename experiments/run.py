@@ -47,13 +47,13 @@ import chainer
 import numpy as np
 
 from branchynet._compat import cuda_status
-from branchynet.datasets import DatasetError, load_dataset
+from branchynet.datasets import DatasetError, load_dataset, split_validation
+from branchynet.flops import expected_macs, exit_path_costs
 from branchynet.frontier import inc_points, knee
 from branchynet.io import atomic_path, read_json, write_json, write_text
 from branchynet.net import BranchyNet
 from branchynet.report import (device_label, format_table, machine_info, plot_tradeoff,
                                write_csv)
-from branchynet.datasets import split_validation
 from branchynet.routing import CRITERIA, check_thresholds
 from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, LatencyBudget,
                                   choose)
@@ -354,12 +354,19 @@ def main(argv=None):
         summary.update(val_baseline_accuracy=val_baseline,
                        val_exit_accuracies=val_outputs.exit_accuracies())
 
+    costs = exit_path_costs(branchy, data.test_x.shape[1:])
+    baseline_costs = exit_path_costs(baseline, data.test_x.shape[1:])
+    costs.update(baseline_macs=baseline_costs["path_macs"][0],
+                 baseline_params=baseline_costs["params"][0])
+    log(format_costs(spec, costs))
+    summary["costs"] = costs
+
     grid = threshold_grid(args.grid, branchy.n_exits)
     sweep = evaluate_grid(outputs, grid)
     infeasible = []
     for device in args.devices:
         result = measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
-                                baseline_accuracy, validation, log)
+                                baseline_accuracy, validation, costs, log)
         summary["devices"][result["tag"]] = result
         infeasible += result["infeasible"]
     write_json(os.path.join(args.out, "summary.json"), summary)
@@ -383,7 +390,7 @@ def cached_exit_outputs(net, x, y, path, device, args):
 
 
 def measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
-                   baseline_accuracy, validation, log):
+                   baseline_accuracy, validation, costs, log):
     """Time, select and measure on one device; write its table, sweep CSV and plot.
 
     ``validation`` (None without --val-size) holds the validation exit outputs and the
@@ -463,6 +470,11 @@ def measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
                 write_candidates_csv(os.path.join(args.out, f"candidates_val_{tag}.csv"),
                                      chosen, args.inc_amt)
 
+    for row in rows:
+        if row.get("exit_percent"):
+            row["macs"] = expected_macs(np.asarray(row["exit_percent"]) / 100, costs["macs"])
+        elif row.get("accuracy") is not None:
+            row["macs"] = costs["baseline_macs"]
     title = (f"Table I rows: {spec.title} on {args.dataset}, {label} "
              f"({timing['machine'].get('gpu') or timing['machine']['cpu']}); time = ms per "
              f"sample at batch size 1 over {count} test samples"
@@ -550,7 +562,8 @@ def measure_point(branchy, x, y, thresholds, device, timing, outputs, criterion,
 
 
 ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "gain", "thresholds", "exit_percent",
-            "predicted_ms", "trunk_ms", "trunk_gain", "val_accuracy", "val_predicted_ms", "note")
+            "predicted_ms", "trunk_ms", "trunk_gain", "macs", "val_accuracy", "val_predicted_ms",
+            "note")
 
 
 def _row(spec, selection, **values):
@@ -577,6 +590,17 @@ def table_rows(spec, sweep, timing, measured, knee_index, baseline_accuracy, cri
              predicted_ms=point["predicted_ms"], trunk_ms=point["predicted_trunk_ms"],
              trunk_gain=base_trunk / point["predicted_trunk_ms"]),
     ]
+
+
+def format_costs(spec, costs):
+    """Multiply-adds and parameters of the baseline and of each exit path, as a text table."""
+    lines = [f"Multiply-adds (MACs) and parameters per sample, {spec.title} and each exit path of "
+             f"B-{spec.title} (MACs with earlier heads: what a sample leaving there really runs)",
+             f"  {'path':<10}{'MACs':>14}{'+ earlier heads':>18}{'params':>12}",
+             f"  {'baseline':<10}{costs['baseline_macs']:>14,}{'':>18}{costs['baseline_params']:>12,}"]
+    for n, (m, mh, p) in enumerate(zip(costs["path_macs"], costs["macs"], costs["params"])):
+        lines.append(f"  {'exit ' + str(n + 1):<10}{m:>14,}{mh:>18,}{p:>12,}")
+    return "\n".join(lines)
 
 
 def write_candidates_csv(path, selection, inc_amt):

@@ -34,6 +34,13 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     cpu = summary["devices"]["cpu"]
     assert cpu["knee"] in cpu["frontier"]
     assert all(r for r in cpu["rows"])
+    # Multiply-adds: the baseline runs the whole LeNet; the B-net's expected count lies
+    # between exit 1 alone and exit 2 with the earlier head (hand counts in test_branchynet).
+    assert base["macs"] == 1_140_070 and summary["costs"]["path_macs"] == [220_150, 1_140_070]
+    assert 220_150 <= knee["macs"] <= summary["costs"]["macs"][1]
+    assert "MACs(M)" in printed
+    # 640 mixed training digits, one epoch each: both networks are well above chance (10%).
+    assert base["accuracy"] > 50 and summary["exit_accuracies"][-1] > 0.5
 
     # A second run reuses the trained weights and cached outputs instead of retraining.
     main(TINY + ["--out", out])

@@ -217,8 +217,8 @@ def test_coordinate_search_matches_the_grid_without_enumerating_it():
 
 # --------------------------------------------------------------------------- the runner
 
-TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "840",
-        "--test-limit", "200", "--baseline-epochs", "1", "--branchy-epochs", "1",
+TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "1240",
+        "--test-limit", "200", "--baseline-epochs", "2", "--branchy-epochs", "2",
         "--batch-size", "32", "--timing-samples", "30", "--no-progress", "--val-size", "240"]
 
 
@@ -246,11 +246,11 @@ def test_runner_selects_on_validation_and_reports_on_test(tiny_run, capsys):
     from experiments.run import main
     from branchynet.datasets import load_dataset, split_validation
     out, summary, printed = tiny_run
-    assert "train 600, val 240, test 200" in printed
+    assert "train 1000, val 240, test 200" in printed
     assert "accuracy on 240 validation samples" in printed
-    # The recorded validation split is the seeded one, carved from the 840 training samples.
+    # The recorded validation split is the seeded one, carved from the 1240 training samples.
     data = load_dataset("mnist-5k")
-    data.train_x, data.train_y = data.train_x[:840], data.train_y[:840]
+    data.train_x, data.train_y = data.train_x[:1240], data.train_y[:1240]
     expected = split_validation(data, 240, seed=0).val_index
     np.testing.assert_array_equal(np.load(os.path.join(out, "val_index.npy")), expected)
     with open(os.path.join(out, "config.json")) as f:

