@@ -7,6 +7,7 @@
 #   ./dev.sh test-numpy1   the core tests again in a second environment with NumPy 1.26
 #   ./dev.sh setup         only set up (.venv)
 #   ./dev.sh run ARGS      set up, then python -m experiments.run ARGS
+#   ./dev.sh notebooks     set up (+ JupyterLab, once), then open JupyterLab on notebooks/
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -49,5 +50,13 @@ case "$command" in
     test-numpy1) setup .venv-numpy1 constraints/numpy1.txt
                  .venv-numpy1/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.26"), numpy.__version__'
                  exec .venv-numpy1/bin/python -m pytest -q tests/test_routing.py tests/test_sweep.py tests/test_branchynet.py "$@" ;;
-    *) sed -n '2,10p' "$0"; exit 2 ;;
+    notebooks) setup .venv constraints/build.txt
+               if [ ! -x .venv/bin/jupyter-lab ]; then
+                   echo "Installing JupyterLab into .venv (one time) ..."
+                   PIP_CONSTRAINT="$(pwd)/constraints/build.txt" \
+                   PIP_BUILD_CONSTRAINT="$(pwd)/constraints/build.txt" \
+                       .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[notebooks]"
+               fi
+               exec .venv/bin/jupyter lab notebooks/ "$@" ;;
+    *) sed -n '2,11p' "$0"; exit 2 ;;
 esac

@@ -105,19 +105,18 @@ def write_csv(path, rows, columns=None):
     write_text(path, buffer.getvalue())
 
 
-def plot_tradeoff(path_stem, title, grid_runtime, grid_accuracy, frontier_runtime,
-                  frontier_accuracy, baseline, knee, labels=("B-net", "baseline"), marks=()):
-    """Fig. 3-style plot: all grid points, the frontier line, baseline diamond, knee star.
+def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, frontier_accuracy,
+                    baseline, knee, labels=("B-net", "baseline"), marks=(), ax=None):
+    """Draw a Fig. 3-style plot: grid points, frontier line, baseline diamond, knee star.
 
     ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; ``marks`` are more
     ``(label, runtime_ms, accuracy_percent)`` points (e.g. thresholds chosen on
-    validation); writes PNG and PDF.
+    validation). Draws on ``ax`` (a new figure if None) and returns the figure.
     """
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(grid_runtime, grid_accuracy, s=8, color="0.75", label="grid (predicted)", zorder=1)
     ax.plot(frontier_runtime, frontier_accuracy, "-o", ms=3, color="C0",
             label=f"{labels[0]} frontier (measured)", zorder=2)
@@ -132,7 +131,17 @@ def plot_tradeoff(path_stem, title, grid_runtime, grid_accuracy, frontier_runtim
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_tradeoff(path_stem, *args, **kwargs):
+    """``tradeoff_figure(*args, **kwargs)`` written to ``path_stem``.png and .pdf, atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = tradeoff_figure(*args, **kwargs)
     for ext in ("png", "pdf"):
         with atomic_path(f"{path_stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)

@@ -10,7 +10,6 @@ those arrays, without running the network again.
 import itertools
 from dataclasses import dataclass
 
-import chainer
 import numpy as np
 from chainer import backend
 
@@ -159,3 +158,35 @@ def evaluate_grid(outputs, thresholds, chunk=256):
 def predict_runtime(exit_fractions, path_latency):
     """Expected per-sample runtime: sum over exits of fraction exiting there x path latency."""
     return np.asarray(exit_fractions) @ np.asarray(path_latency)
+
+
+def first_exit_curve(outputs, later_thresholds=None):
+    """How the first exit's threshold trades accuracy for early exits (the paper's Fig. 4).
+
+    For every distinct cut of the first exit's score (the samples with the k lowest scores
+    leave there, k = 0..N), returns the fraction that leaves at exit 1, the overall
+    accuracy, and the largest score among the samples that left (the entropy a threshold
+    must exceed to let them out). The other samples go on with ``later_thresholds`` (one
+    per exit after the first but the last; default: none leave early, all reach the last
+    exit).
+
+    Returns ``(exited_fraction, accuracy, max_score)``, arrays of length N + 1, sorted by
+    exited fraction; ``max_score[0]`` is 0.
+    """
+    n_later = outputs.n_exits - 2
+    later = np.zeros(n_later) if later_thresholds is None else np.asarray(later_thresholds, float)
+    if later.shape != (n_later,):
+        raise ValueError(f"{outputs.n_exits} exits need {n_later} later thresholds, "
+                         f"got {later.size}")
+    correct = outputs.predictions == outputs.labels[:, None]
+    # Where each sample ends up when it does not leave at exit 1.
+    otherwise = exit_indices(outputs, np.concatenate([[0.0], later]))[0]  # T1 = 0: none leave
+    correct_later = correct[np.arange(len(outputs)), otherwise]
+    order = np.argsort(outputs.scores[:, 0], kind="stable")
+    # The first k samples of ``order`` leave at exit 1, the rest are decided later.
+    gained = np.concatenate([[0], np.cumsum(correct[order, 0])])
+    lost = np.concatenate([[0], np.cumsum(correct_later[order])])
+    accuracy = (gained + correct_later.sum() - lost) / len(outputs)
+    exited = np.arange(len(outputs) + 1) / len(outputs)
+    max_score = np.concatenate([[0.0], outputs.scores[order, 0]]).astype(np.float64)
+    return exited, accuracy, max_score

@@ -5,6 +5,7 @@ them into place) and loaded back automatically, so an interrupted run resumes at
 finished epoch. ``save_weights``/``load_weights`` store the trained network as npz.
 """
 import os
+import time
 
 import chainer
 import numpy as np
@@ -52,6 +53,29 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=0
         trainer.extend(extensions.ProgressBar(update_interval=max(1, len(x) // batch_size // 20)))
     trainer.run()
     return trainer.get_extension("LogReport").log
+
+
+def train_or_load(net, path, x, y, epochs, batch_size, device, log=print, **train_options):
+    """Load ``net`` from the npz file ``path`` if it exists, else train and save it there.
+
+    Training resumes from the snapshots in the folder ``path`` without ``.npz`` (e.g.
+    ``results/baseline/`` for ``results/baseline.npz``); ``train_options`` go to ``train``
+    (``seed``, ``weights``, ``lr``, ``progress``). Returns ``net``, on the CPU after training.
+    """
+    if os.path.exists(path):
+        log(f"[{_stem(path)}] reusing {path}")
+        return load_weights(path, net)
+    log(f"[{_stem(path)}] training {epochs} epoch(s), batch {batch_size}, on {device}")
+    start = time.perf_counter()
+    train(net, x, y, epochs, batch_size, os.path.splitext(path)[0], device, **train_options)
+    net.to_device("@numpy")
+    save_weights(path, net)
+    log(f"[{_stem(path)}] done in {time.perf_counter() - start:.1f} s")
+    return net
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def save_weights(path, net):

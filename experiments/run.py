@@ -37,10 +37,8 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 """
 import argparse
 import hashlib
-import json
 import os
 import sys
-import time
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
@@ -48,9 +46,10 @@ import numpy as np
 
 from branchynet._compat import cuda_status
 from branchynet.datasets import DatasetError, load_dataset, split_validation
+from branchynet.devices import available_devices
 from branchynet.flops import expected_macs, exit_path_costs
 from branchynet.frontier import inc_points, knee
-from branchynet.io import atomic_path, read_json, write_json, write_text
+from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
 from branchynet.report import (device_label, format_table, machine_info, plot_tradeoff,
                                write_csv)
@@ -60,7 +59,7 @@ from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, Lat
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, default_grid, evaluate_grid,
                               predict_runtime, threshold_grid)
 from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
-from branchynet.training import load_weights, save_weights, train
+from branchynet.training import train_or_load
 from networks import REGISTRY, get_network
 
 # Settings that determine the trained weights: a results folder holds one such setting.
@@ -195,12 +194,11 @@ def resolve_devices(specifiers):
     devices = []
     for spec in specifiers:
         if spec == "all":
-            gpus, reason = cuda_status()
-            if not gpus:
+            found, reason = available_devices()
+            if reason:
                 print(f"note: --device all: no CUDA GPU ({reason}); running on the CPU only",
                       file=sys.stderr)
-            devices.append(chainer.get_device("@numpy"))
-            devices.extend(chainer.get_device(f"@cupy:{i}") for i in range(gpus))
+            devices.extend(found)
         else:
             try:
                 device = chainer.get_device(spec)
@@ -254,20 +252,11 @@ def check_config(out, config):
 
 def train_stage(name, net, data, args, device, log):
     """Train ``net`` unless ``<out>/<name>.npz`` exists; resumable from snapshots."""
-    weights = os.path.join(args.out, f"{name}.npz")
-    if os.path.exists(weights):
-        log(f"[{name}] reusing {weights}")
-        return load_weights(weights, net)
     epochs = args.baseline_epochs if name == "baseline" else args.branchy_epochs
-    log(f"[{name}] training {epochs} epoch(s), batch {args.batch_size}, on {device}")
-    start = time.perf_counter()
-    train(net, data.train_x, data.train_y, epochs, args.batch_size, os.path.join(args.out, name),
-          device, seed=args.seed, weights=args.loss_weights if name == "branchynet" else None,
-          lr=args.lr, progress=not args.no_progress)
-    net.to_device("@numpy")
-    save_weights(weights, net)
-    log(f"[{name}] done in {time.perf_counter() - start:.1f} s")
-    return net
+    return train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
+                         data.train_y, epochs, args.batch_size, device, log=log, seed=args.seed,
+                         weights=args.loss_weights if name == "branchynet" else None,
+                         lr=args.lr, progress=not args.no_progress)
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ import pytest
 
 from branchynet.frontier import inc_points, knee
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
-                              predict_runtime, threshold_grid)
+                              first_exit_curve, predict_runtime, threshold_grid)
 from networks import get_network
 
 
@@ -89,3 +89,34 @@ def test_knee_is_the_point_farthest_above_the_chord():
     # scaled acc - scaled runtime: 0, 0.895-0.111, 0.947-0.222, 0 -> index 1
     assert knee(accuracy, runtime, frontier) == 1
     assert knee(accuracy, runtime, np.array([2])) == 2
+
+
+def test_first_exit_curve_on_a_hand_example_and_against_the_sweep():
+    # The hand example above: exit-1 scores 0.1, 0.5, 0.5, 0.2; exit-1 right only for s0.
+    outputs = ExitOutputs(scores=np.array([[0.1, 0.1, 0], [0.5, 0.1, 0], [0.5, 0.5, 0],
+                                           [0.2, 0.3, 0]], np.float32),
+                          predictions=np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 1]]),
+                          labels=np.array([1, 1, 1, 1]))
+    exited, accuracy, max_score = first_exit_curve(outputs)
+    # Nobody leaves: all at exit 3 (right for s2, s3). Then s0 (right at exit 1), s3 (wrong
+    # at exit 1), then s1 and s2 (both wrong at exit 1) leave.
+    np.testing.assert_allclose(exited, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(accuracy, [0.5, 0.75, 0.5, 0.5, 0.25])
+    np.testing.assert_allclose(max_score, [0, 0.1, 0.2, 0.5, 0.5], rtol=1e-6)
+    # With exit 2 open at T2 = 0.2 (s1 right, s0 would be wrong there): same as the sweep.
+    exited, accuracy, _ = first_exit_curve(outputs, [0.2])
+    for t1, k in ((0.0, 0), (0.15, 1), (0.3, 2), (1.0, 4)):
+        assert accuracy[k] == evaluate_grid(outputs, [[t1, 0.2]]).accuracy[0]
+    with pytest.raises(ValueError, match="3 exits need 1 later thresholds"):
+        first_exit_curve(outputs, [0.1, 0.2])
+
+
+def test_paper_table_rows():
+    from branchynet.paper import paper_rows
+    base, bnet = paper_rows("AlexNet", "gpu0")
+    assert (base["accuracy"], base["time_ms"], base["selection"]) == (78.38, 3.15, "paper (gpu)")
+    assert bnet["network"] == "B-AlexNet" and bnet["thresholds"] == [0.0001, 0.05]
+    assert sum(bnet["exit_percent"]) == pytest.approx(100)
+    assert paper_rows("LeNet")[1]["gain"] == 5.4
+    with pytest.raises(ValueError, match="no network 'VGG'.*AlexNet"):
+        paper_rows("VGG")

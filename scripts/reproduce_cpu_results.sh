@@ -1,0 +1,25 @@
+#!/bin/sh
+# The CPU results committed under results/cpu-*/ (Table I rows, sweeps, plots, timings):
+# one runner command per network, on a 2-core machine, one BLAS thread. Resumable: run it
+# again after an interruption. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet]...
+#   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
+set -eu
+cd "$(dirname "$0")/.."
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
+run() { ./dev.sh run --no-progress "$@"; }
+for network in ${*:-lenet alexnet resnet}; do
+    case $network in
+        # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
+        lenet) run --network lenet_mnist --dataset mnist --batch-size 32 \
+                   --baseline-epochs 10 --branchy-epochs 3 --out results/cpu-lenet_mnist ;;
+        # 10,000 of the 50,000 CIFAR-10 training images, 3 + 3 epochs of batch 32.
+        alexnet) run --network alexnet_cifar10 --train-limit 10000 --batch-size 32 \
+                     --baseline-epochs 3 --branchy-epochs 3 --timing-samples 500 \
+                     --out results/cpu-alexnet_cifar10 ;;
+        # ResNet-110 trains at ~10 images/s on 2 cores: 2,000 images, 2 + 2 epochs, 2,000 test.
+        resnet) run --network resnet110_cifar10 --train-limit 2000 --test-limit 2000 \
+                    --batch-size 64 --baseline-epochs 2 --branchy-epochs 2 \
+                    --timing-samples 100 --out results/cpu-resnet110_cifar10 ;;
+        *) echo "unknown network $network (lenet, alexnet or resnet)" >&2; exit 2 ;;
+    esac
+done

@@ -1,0 +1,96 @@
+"""The replication notebooks execute top to bottom in their quick setting (papermill).
+
+Each runs in a fresh kernel on real data (mnist-5k; CIFAR-10 from the data folder), trains
+in a temporary folder, and leaves ``notebook_summary.json`` there, which is checked here.
+"""
+import json
+import os
+
+import nbformat
+import papermill
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(ROOT, "notebooks")
+
+
+def execute(name, tmp_path, **parameters):
+    """Run ``notebooks/<name>.ipynb`` with ``parameters``; return (summary, notebook)."""
+    os.makedirs(tmp_path, exist_ok=True)
+    work_dir = parameters.setdefault("work_dir", str(tmp_path / "work"))
+    out = tmp_path / f"{name}.out.ipynb"
+    papermill.execute_notebook(os.path.join(NOTEBOOKS, f"{name}.ipynb"), str(out),
+                               parameters=parameters, cwd=NOTEBOOKS, progress_bar=False,
+                               kernel_name="python3")
+    with open(os.path.join(work_dir, "notebook_summary.json")) as f:
+        return json.load(f), nbformat.read(str(out), as_version=4)
+
+
+def images(notebook):
+    return sum("image/png" in output.get("data", {})
+               for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.get("outputs", []))
+
+
+def printed(notebook):
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []))
+
+
+def check_common(summary, notebook, n_exits, grid_points):
+    assert summary["setting"] == "quick" and summary["grid_points"] == grid_points
+    assert len(summary["exit_accuracies"]) == n_exits == len(summary["macs"])
+    cpu = summary["devices"]["cpu"]
+    assert cpu["knee"] in cpu["frontier"] and str(cpu["knee"]) in cpu["measured_ms"]
+    assert sum(cpu["knee_exit_fractions"]) == pytest.approx(1)
+    assert all(ms > 0 for ms in cpu["path_ms"]) and cpu["baseline_ms"] > 0
+    text = printed(notebook)
+    assert "Table I, cpu, setting 'quick'" in text and "paper (cpu)" in text
+    assert "this run (knee)" in text
+
+
+def test_lenet_notebook_and_reloading_its_weights(tmp_path):
+    summary, notebook = execute("lenet_mnist", tmp_path)
+    check_common(summary, notebook, n_exits=2, grid_points=17)
+    assert images(notebook) == 2  # Fig. 3, exits and entropies
+    assert summary["baseline_accuracy"] > 0.9 and summary["exit_accuracies"][-1] > 0.9
+    assert summary["macs"] == [220_150, 1_247_720] and summary["baseline_macs"] == 1_140_070
+
+    # The same notebook with the weights of the first run as results_dir: nothing trains,
+    # and the accuracies are those of the first run.
+    again, notebook = execute("lenet_mnist", tmp_path / "again",
+                              results_dir=summary["weights_from"], timing_samples=50)
+    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
+    assert again["baseline_accuracy"] == summary["baseline_accuracy"]
+    assert again["exit_accuracies"] == summary["exit_accuracies"]
+
+
+def test_alexnet_notebook(tmp_path, data_dir):
+    summary, notebook = execute("alexnet_cifar10", tmp_path, data_dir=str(data_dir))
+    check_common(summary, notebook, n_exits=3, grid_points=11 ** 2)
+    assert images(notebook) == 3  # Fig. 3, exits and entropies, Fig. 4
+    # 2,000 images, 2 + 2 epochs: far from the paper, clearly above chance (10%).
+    assert max(summary["exit_accuracies"]) > 0.2
+
+
+def test_resnet_notebook(tmp_path, data_dir):
+    summary, notebook = execute("resnet110_cifar10", tmp_path, data_dir=str(data_dir))
+    check_common(summary, notebook, n_exits=3, grid_points=17 ** 2)
+    assert images(notebook) == 2
+    assert summary["macs"][0] == 48_600_000 and summary["baseline_macs"] == 232_411_968
+
+
+def test_notebooks_match_their_template():
+    """The committed notebooks are the generator's cells (plus the outputs of a run)."""
+    import sys
+    sys.path.insert(0, NOTEBOOKS)
+    try:
+        import make_notebooks
+    finally:
+        sys.path.remove(NOTEBOOKS)
+    for name, config in make_notebooks.NOTEBOOKS.items():
+        committed = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
+        sources = [c.source for c in committed.cells if "injected-parameters" not in
+                   c.metadata.get("tags", [])]
+        assert sources == [c.source for c in make_notebooks.cells(name, config)], name
+        assert "parameters" in committed.cells[1].metadata["tags"]
