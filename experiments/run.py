@@ -99,10 +99,12 @@ def parse_args(argv=None):
                         "(default: $BRANCHYNET_DATA, then the per-user cache)")
     parser.add_argument("--preprocess", help="dataset preprocessing, e.g. scale, standardize, "
                         "zca for CIFAR-10 (default: the network's)")
-    parser.add_argument("--train-limit", type=int, default=0,
-                        help="use only the first N training samples (0: all)")
-    parser.add_argument("--test-limit", type=int, default=0,
-                        help="use only the first N test samples (0: all)")
+    parser.add_argument("--train-limit", type=int,
+                        help="use only the first N training samples (0: all; default: the "
+                        "network's quick preset, e.g. 5000 for AlexNet; all with --paper)")
+    parser.add_argument("--test-limit", type=int,
+                        help="use only the first N test samples (0: all; default as "
+                        "--train-limit)")
     parser.add_argument("--baseline-epochs", type=int, help="epochs of baseline training (E1)")
     parser.add_argument("--branchy-epochs", type=int, help="epochs of joint training (E2)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
@@ -159,6 +161,9 @@ def parse_args(argv=None):
     args.batch_size = args.batch_size if args.batch_size is not None else preset["batch_size"]
     args.baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else preset["baseline_epochs"]
     args.branchy_epochs = args.branchy_epochs if args.branchy_epochs is not None else preset["branchy_epochs"]
+    for name in ("train_limit", "test_limit"):
+        if getattr(args, name) is None:
+            setattr(args, name, preset.get(name, 0))
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
     args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))
@@ -327,7 +332,10 @@ def main(argv=None):
     log(f"accuracy on {len(data.test_y)} test samples: baseline {100 * baseline_accuracy:.2f}%, "
         f"exits if taken alone {', '.join(f'{100 * a:.2f}%' for a in outputs.exit_accuracies())}")
     summary = {"config": config, "baseline_accuracy": baseline_accuracy,
-               "exit_accuracies": outputs.exit_accuracies(), "devices": {}}
+               "exit_accuracies": outputs.exit_accuracies(), "devices": {},
+               "training": {name: training_record(os.path.join(args.out, name, "log"),
+                                                  len(data.train_y))
+                            for name in ("baseline", "branchynet")}}
     validation = None
     if data.val_x is not None:
         val_outputs = cached_exit_outputs(branchy, data.val_x, data.val_y,
@@ -363,6 +371,21 @@ def main(argv=None):
     if infeasible:
         raise SystemExit("error: " + "\nerror: ".join(infeasible))
     return summary
+
+
+def training_record(log_path, n_train):
+    """Per-epoch seconds, images/s and final training metrics from a Chainer LogReport file
+    (None if the weights came without their log)."""
+    if not os.path.exists(log_path):
+        return None
+    log = read_json(log_path)
+    if not log:
+        return None
+    elapsed = [entry["elapsed_time"] for entry in log]
+    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference.
+    epoch_seconds = np.diff([0.0] + elapsed).tolist()
+    return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
+            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
 
 
 def cached_exit_outputs(net, x, y, path, device, args):

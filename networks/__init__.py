@@ -24,7 +24,8 @@ class NetworkSpec:
             but the last.
         inc_amt: tolerance of the authors' frontier rule (inc points) for this network.
         paper: the authors' training settings (batch_size, baseline_epochs, branchy_epochs).
-        quick: quick defaults of the same keys, for a run of minutes on a CPU.
+        quick: quick defaults of the same keys, for a run of minutes on a CPU, optionally
+            with ``train_limit``/``test_limit`` (the first N samples only).
         dataset_options: options passed to the dataset loader (e.g. preprocessing).
     """
     name: str

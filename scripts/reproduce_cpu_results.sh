@@ -12,8 +12,9 @@ for network in ${*:-lenet alexnet resnet}; do
         # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
         lenet) run --network lenet_mnist --dataset mnist --batch-size 32 \
                    --baseline-epochs 10 --branchy-epochs 3 --out results/cpu-lenet_mnist ;;
-        # 10,000 of the 50,000 CIFAR-10 training images, 3 + 3 epochs of batch 32.
-        alexnet) run --network alexnet_cifar10 --train-limit 10000 --batch-size 32 \
+        # 10,000 of the 50,000 CIFAR-10 training images, all 10,000 test images, 3 + 3
+        # epochs of batch 32.
+        alexnet) run --network alexnet_cifar10 --train-limit 10000 --test-limit 0 --batch-size 32 \
                      --baseline-epochs 3 --branchy-epochs 3 --timing-samples 500 \
                      --out results/cpu-alexnet_cifar10 ;;
         # ResNet-110 trains at ~10 images/s on 2 cores: 2,000 images, 2 + 2 epochs, 2,000 test.

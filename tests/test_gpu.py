@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 from branchynet._compat import cuda_status
-from branchynet.net import Branch, BranchyNet, JointLoss
+from branchynet.net import BranchyNet, JointLoss
 from branchynet.routing import entropy
 from branchynet.sweep import collect_exit_outputs, evaluate_grid, exit_indices, threshold_grid
 from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
 from branchynet.training import load_weights, save_weights, train
 from networks import get_network
+from test_routing import toy_net as cpu_toy_net
 
 GPUS, WHY = cuda_status()
 pytestmark = [pytest.mark.gpu,
@@ -114,21 +115,10 @@ class HostReads:
 
 # --------------------------------------------------------------------------- routing
 
-class Recorder:
-    def __init__(self):
-        self.batch_sizes = []
-
-    def __call__(self, h):
-        self.batch_sizes.append(len(h))
-        return h
-
-
 def toy_net():
-    """Three exits whose logits are columns 0-2, 3-5 and 6-8 of the input (see test_routing)."""
-    second, third = Recorder(), Recorder()
-    layers = [Branch([lambda h: h[:, 0:3]]), second, Branch([lambda h: h[:, 3:6]]),
-              third, Branch([lambda h: h[:, 6:9]])]
-    return BranchyNet(layers).to_device(GPU), second, third
+    """test_routing's three-exit toy network (logits = input columns), on the GPU."""
+    net, second, third = cpu_toy_net()
+    return net.to_device(GPU), second, third
 
 
 def test_routing_hand_example_on_the_gpu(cupy, monkeypatch):

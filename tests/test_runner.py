@@ -39,6 +39,9 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     assert base["macs"] == 1_140_070 and summary["costs"]["path_macs"] == [220_150, 1_140_070]
     assert 220_150 <= knee["macs"] <= summary["costs"]["macs"][1]
     assert "MACs(M)" in printed
+    training = summary["training"]["branchynet"]
+    assert training["epochs"] == 1 and len(training["epoch_seconds"]) == 1
+    assert training["images_per_second"] == pytest.approx(640 / training["seconds"])
     # 640 mixed training digits, one epoch each: both networks are well above chance (10%).
     assert base["accuracy"] > 50 and summary["exit_accuracies"][-1] > 0.5
 
@@ -58,6 +61,21 @@ def test_paper_preset_uses_the_authors_settings():
     assert (args.dataset, args.batch_size, args.baseline_epochs, args.branchy_epochs) == \
         ("mnist", 512, 50, 100)
     assert args.grid[0] == 0.0001 and args.grid[-1] == 10.0 and len(args.grid) == 17
+    assert (args.train_limit, args.test_limit) == (0, 0)
+
+
+@pytest.mark.parametrize("network, quick_limits, paper", [
+    ("alexnet_cifar10", (5000, 2000), (512, 50, 100)),
+    ("resnet110_cifar10", (1000, 1000), (64, 100, 100)),
+])
+def test_cifar_presets(network, quick_limits, paper):
+    """Quick runs use part of CIFAR-10 (minutes on a CPU); --paper all of it."""
+    quick = parse_args(["--network", network])
+    assert quick.dataset == "cifar10" and (quick.train_limit, quick.test_limit) == quick_limits
+    assert parse_args(["--network", network, "--train-limit", "0"]).train_limit == 0
+    full = parse_args(["--network", network, "--paper"])
+    assert (full.train_limit, full.test_limit) == (0, 0)
+    assert (full.batch_size, full.baseline_epochs, full.branchy_epochs) == paper
 
 
 @pytest.mark.parametrize("argv, message", [
