@@ -137,13 +137,19 @@ def test_synchronize_is_a_no_op_on_the_cpu():
 # --------------------------------------------------------------------------- runner
 
 def test_device_all_is_the_cpu_plus_every_gpu(monkeypatch, capsys):
+    import branchynet.devices
     import experiments.run as run
-    monkeypatch.setattr(run, "cuda_status", lambda: (0, "no driver here"))
+
+    def gpus(count, reason=""):
+        for module in (run, branchynet.devices):
+            monkeypatch.setattr(module, "cuda_status", lambda: (count, reason))
+
+    gpus(0, "no driver here")
     assert [str(d) for d in run.resolve_devices(["all"])] == ["@numpy"]
     assert "--device all: no CUDA GPU (no driver here); running on the CPU only" in \
         capsys.readouterr().err
     # With two GPUs, 'all' names the CPU and both, once each, in order.
-    monkeypatch.setattr(run, "cuda_status", lambda: (2, ""))
+    gpus(2)
     real = chainer.get_device
     monkeypatch.setattr(run.chainer, "get_device",
                         lambda spec: StandInCupyDevice(spec) if spec.startswith("@cupy")
