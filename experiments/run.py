@@ -288,6 +288,8 @@ def main(argv=None):
     config = {"network": spec.name, "dataset": args.dataset, "dataset_options": options,
               "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
               "train_limit": args.train_limit, "test_limit": args.test_limit,
+              "samples": {"train": len(data.train_y), "test": len(data.test_y),
+                          "val": 0 if data.val_y is None else len(data.val_y)},
               "val_size": args.val_size, "seed": args.seed,
               "batch_size": args.batch_size, "baseline_epochs": args.baseline_epochs,
               "branchy_epochs": args.branchy_epochs, "lr": args.lr,

@@ -45,6 +45,14 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     # 640 mixed training digits, one epoch each: both networks are well above chance (10%).
     assert base["accuracy"] > 50 and summary["exit_accuracies"][-1] > 0.5
 
+    # The README's results table reads the folder back.
+    import runpy
+    table_script = os.path.join(os.path.dirname(__file__), "..", "scripts", "results_table.py")
+    runpy.run_path(table_script)["main"]([out])
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| B-LeNet | mnist-5k (640 train / 200 test), batch 32, 1 + 1 epochs | cpu |")
+    assert f"| {base['accuracy']:.2f} | {knee['accuracy']:.2f} |" in row
+
     # A second run reuses the trained weights and cached outputs instead of retraining.
     main(TINY + ["--out", out])
     printed = capsys.readouterr().out
