@@ -57,7 +57,7 @@ from branchynet.routing import CRITERIA, check_thresholds
 from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, LatencyBudget,
                                   choose)
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, default_grid, evaluate_grid,
-                              predict_runtime, threshold_grid)
+                              exit_indices, predict_runtime, threshold_grid)
 from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
 from branchynet.training import train_or_load
 from networks import REGISTRY, get_network
@@ -497,9 +497,16 @@ def measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
     for row in rows:
         if row.get("note"):
             log(f"  note: {row['selection']}: {row['note']}")
-    if not all(m["matches_sweep"] for m in measured.values()):
+    points = list(measured.values())
+    if any(m["other_exit"] > m["other_exit_borderline"] for m in points):
         log(f"[{tag}] warning: real early-exit inference and the cached sweep disagree on "
-            f"exit counts for some frontier points (see sweep_{tag}.csv)")
+            f"exits for some frontier points (see sweep_{tag}.csv)")
+    elif any(m["other_exit"] for m in points):
+        log(f"[{tag}] note: at {sum(m['other_exit'] > 0 for m in points)} frontier point(s) "
+            f"a few samples ({max(m['other_exit'] for m in points)} at most) took another exit "
+            f"at batch size 1 than in the batched sweep; all of them score within "
+            f"{BORDERLINE:g} (relative) of the threshold, where float32 logits computed at "
+            f"different batch sizes differ in the last bits (BLAS blocking)")
     write_csv(os.path.join(args.out, f"table_{tag}.csv"), rows)
     write_json(os.path.join(args.out, f"table_{tag}.json"),
                {"title": title, "rows": rows, "machine": timing["machine"], "timing": timing,
@@ -567,12 +574,29 @@ def measure_point(branchy, x, y, thresholds, device, timing, outputs, criterion,
                                              desc=f"T={thresholds}", criterion=criterion)
     counts = np.bincount(exits, minlength=branchy.n_exits)
     fractions = counts / len(exits)
-    expected = evaluate_grid(outputs, [thresholds])
+    other, borderline = compare_with_sweep(outputs, thresholds, exits)
     return {"ms": 1e3 * seconds.mean(), "accuracy": (labels == y).mean(),
             "exit_fractions": fractions,
             "predicted_ms": float(predict_runtime(fractions, timing["path_ms"])),
             "predicted_trunk_ms": float(predict_runtime(fractions, timing["trunk_ms"])),
-            "matches_sweep": bool(np.array_equal(expected.exit_counts[0], counts))}
+            "matches_sweep": other == 0, "other_exit": other, "other_exit_borderline": borderline}
+
+
+# Relative distance to a threshold within which a score may fall on either side of it,
+# depending on the batch size the logits were computed at (float32 rounding).
+BORDERLINE = 1e-5
+
+
+def compare_with_sweep(outputs, thresholds, exits):
+    """How many samples took another exit than the cached sweep says, and how many of those
+    score within ``BORDERLINE`` of the threshold at the first exit where the two differ."""
+    expected = exit_indices(outputs, [thresholds])[0]
+    differ = np.flatnonzero(expected != exits)
+    first = np.minimum(expected[differ], exits[differ])
+    limits = np.asarray(thresholds, np.float64)[first]
+    scores = outputs.scores[differ, first].astype(np.float64)
+    near = np.abs(scores - limits) <= BORDERLINE * np.maximum(1.0, limits)
+    return int(len(differ)), int(near.sum())
 
 
 ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "gain", "thresholds", "exit_percent",
@@ -639,7 +663,8 @@ def write_sweep_csv(path, sweep, predicted, predicted_trunk, frontier, knee_inde
     n_thresholds = sweep.thresholds.shape[1]
     columns = ([f"T{n + 1}" for n in range(n_thresholds)] + ["accuracy"]
                + [f"exit{n + 1}_fraction" for n in range(n_thresholds + 1)]
-               + ["predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms"])
+               + ["predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
+                  "measured_other_exit"])
     frontier = set(int(i) for i in frontier)
     rows = []
     for i in range(len(sweep.accuracy)):
@@ -647,7 +672,8 @@ def write_sweep_csv(path, sweep, predicted, predicted_trunk, frontier, knee_inde
         row.update({f"exit{n + 1}_fraction": sweep.exit_fractions[i, n] for n in range(n_thresholds + 1)})
         row.update(accuracy=sweep.accuracy[i], predicted_ms=predicted[i],
                    predicted_trunk_ms=predicted_trunk[i], frontier=int(i in frontier),
-                   knee=int(i == knee_index), measured_ms=measured.get(i, {}).get("ms", ""))
+                   knee=int(i == knee_index), measured_ms=measured.get(i, {}).get("ms", ""),
+                   measured_other_exit=measured.get(i, {}).get("other_exit", ""))
         rows.append(row)
     write_csv(path, rows, columns)
 

@@ -108,3 +108,20 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="missing file"):
         main(["--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"), "--out",
               str(tmp_path / "r")])
+
+
+def test_batch_size_one_exits_are_compared_with_the_sweep():
+    """Samples that leave elsewhere at batch size 1 are counted, and those scoring within
+    float rounding of the threshold are told apart from real disagreements."""
+    import numpy as np
+    from branchynet.sweep import ExitOutputs
+    from experiments.run import compare_with_sweep
+    outputs = ExitOutputs(scores=np.array([[0.5, 0.1, 0], [0.9999999, 0.1, 0], [0.2, 2.0, 0]],
+                                          np.float32),
+                          predictions=np.zeros((3, 3), np.int32), labels=np.zeros(3, np.int32))
+    # T = (1, 1): the sweep sends the samples out at exits 0, 0, 0.
+    assert compare_with_sweep(outputs, [1.0, 1.0], np.array([0, 0, 0])) == (0, 0)
+    # Sample 1 (score 1 - 1e-7 at exit 1) went on to exit 2: borderline.
+    assert compare_with_sweep(outputs, [1.0, 1.0], np.array([0, 1, 0])) == (1, 1)
+    # Sample 2 (score 0.2) went to the last exit: a real disagreement.
+    assert compare_with_sweep(outputs, [1.0, 1.0], np.array([0, 1, 2])) == (2, 1)
