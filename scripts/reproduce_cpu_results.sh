@@ -1,7 +1,7 @@
 #!/bin/sh
 # The CPU results committed under results/cpu-*/ (Table I rows, sweeps, plots, timings):
 # one runner command per network, on a 2-core machine, one BLAS thread. Resumable: run it
-# again after an interruption. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet]...
+# again after an interruption. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val]...
 #   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
 set -eu
 cd "$(dirname "$0")/.."
@@ -21,6 +21,12 @@ for network in ${*:-lenet alexnet resnet}; do
         resnet) run --network resnet110_cifar10 --train-limit 2000 --test-limit 2000 \
                     --batch-size 64 --baseline-epochs 2 --branchy-epochs 2 \
                     --timing-samples 100 --out results/cpu-resnet110_cifar10 ;;
-        *) echo "unknown network $network (lenet, alexnet or resnet)" >&2; exit 2 ;;
+        # B-AlexNet with 2,000 of 12,000 training images held out for choosing T
+        # (docs/selection.md: the searches compared on a real 3-exit network).
+        alexnet-val) run --network alexnet_cifar10 --train-limit 12000 --val-size 2000 \
+                         --test-limit 0 --batch-size 32 --baseline-epochs 3 --branchy-epochs 3 \
+                         --timing-samples 500 --latency-budget-fraction 0.8 --accuracy-drop 1 \
+                         --out results/cpu-alexnet_cifar10-val ;;
+        *) echo "unknown network $network (lenet, alexnet, resnet or alexnet-val)" >&2; exit 2 ;;
     esac
 done
