@@ -6,9 +6,6 @@ the GPU without synchronising the device (PAPER.md section 5). Set them beside t
 project's ``Trunk-only`` columns rather than its end-to-end times.
 """
 
-HARDWARE = {"cpu": "3.0 GHz CPU, 20 MB L3 (the paper)",
-            "gpu": "NVIDIA GeForce GTX TITAN X (Maxwell) 12 GB (the paper)"}
-
 # (device, network, accuracy %, time ms, gain, thresholds, exit %); the B-nets at the knee.
 TABLE_I = [
     ("cpu", "LeNet", 99.20, 3.37, None, None, None),

@@ -163,8 +163,8 @@ def predict_runtime(exit_fractions, path_latency):
 def first_exit_curve(outputs, later_thresholds=None):
     """How the first exit's threshold trades accuracy for early exits (the paper's Fig. 4).
 
-    For every distinct cut of the first exit's score (the samples with the k lowest scores
-    leave there, k = 0..N), returns the fraction that leaves at exit 1, the overall
+    For every k = 0..N (the k samples with the lowest first-exit scores leave there; where
+    scores tie, only some of these cuts are reachable by a threshold), returns the fraction that leaves at exit 1, the overall
     accuracy, and the largest score among the samples that left (the entropy a threshold
     must exceed to let them out). The other samples go on with ``later_thresholds`` (one
     per exit after the first but the last; default: none leave early, all reach the last

@@ -164,6 +164,8 @@ def parse_args(argv=None):
     for name in ("train_limit", "test_limit"):
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, 0))
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0 (0: all samples)")
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
     args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))

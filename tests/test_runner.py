@@ -90,6 +90,7 @@ def test_cifar_presets(network, quick_limits, paper):
     (["--device", "@nonsense"], "not a usable Chainer device"),
     (["--grid", "-1", "0.5"], "--grid values must be >= 0"),
     (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--train-limit", "-5"], "--train-limit must be >= 0"),
     (["--network", "vgg"], "invalid choice"),
 ])
 def test_bad_arguments_are_reported(argv, message, capsys):
