@@ -95,3 +95,18 @@ def trunk_latency(net, x, device=None, warmup=10):
                 if i >= min(warmup, len(inputs)):
                     per_segment[n] += time.perf_counter() - start
     return np.cumsum(per_segment / len(inputs))
+
+
+def latency_profile(branchy, baseline, x, device=None, progress=False, criterion="entropy"):
+    """Batch-size-1 latency in ms of every exit path of ``branchy`` and of ``baseline``, end
+    to end (``exit_path_latency``) and trunk only (``trunk_latency``), timed on ``x``.
+
+    Returns a dict of ``path_ms`` and ``trunk_ms`` (lists, one per exit), ``baseline_ms``
+    and ``baseline_trunk_ms``.
+    """
+    return {
+        "path_ms": (1e3 * exit_path_latency(branchy, x, device, progress=progress,
+                                            criterion=criterion)).tolist(),
+        "trunk_ms": (1e3 * trunk_latency(branchy, x, device)).tolist(),
+        "baseline_ms": float(1e3 * exit_path_latency(baseline, x, device, progress=progress)[0]),
+        "baseline_trunk_ms": float(1e3 * trunk_latency(baseline, x, device)[0])}

@@ -58,7 +58,7 @@ from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, Lat
                                   choose)
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, default_grid, evaluate_grid,
                               exit_indices, predict_runtime, threshold_grid)
-from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
+from branchynet.timing import latency_profile, time_early_exit
 from branchynet.training import train_or_load
 from networks import REGISTRY, get_network
 
@@ -432,11 +432,8 @@ def measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
     else:
         timing = {"machine": machine_info(device), "samples": len(path_x), "inputs": path_inputs,
                   "criterion": args.criterion,
-                  "path_ms": (1e3 * exit_path_latency(branchy, path_x, device, progress=show,
-                                                      criterion=args.criterion)).tolist(),
-                  "trunk_ms": (1e3 * trunk_latency(branchy, path_x, device)).tolist(),
-                  "baseline_ms": 1e3 * exit_path_latency(baseline, path_x, device, progress=show)[0],
-                  "baseline_trunk_ms": 1e3 * trunk_latency(baseline, path_x, device)[0]}
+                  **latency_profile(branchy, baseline, path_x, device, progress=show,
+                                    criterion=args.criterion)}
         write_json(timing_path, timing)
 
     predicted = predict_runtime(sweep.exit_fractions, timing["path_ms"])

@@ -97,7 +97,7 @@ from branchynet.paper import paper_rows
 from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
 from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
                               predict_runtime, threshold_grid)
-from branchynet.timing import exit_path_latency, time_early_exit, trunk_latency
+from branchynet.timing import latency_profile, time_early_exit
 from branchynet.training import train_or_load
 from networks import get_network
 
@@ -183,10 +183,7 @@ results = {}
 for device in devices:
     branchy.to_device(device)
     baseline.to_device(device)
-    r = {"path_ms": 1e3 * exit_path_latency(branchy, timed_x, device),
-         "trunk_ms": 1e3 * trunk_latency(branchy, timed_x, device),
-         "baseline_ms": 1e3 * exit_path_latency(baseline, timed_x, device)[0],
-         "baseline_trunk_ms": 1e3 * trunk_latency(baseline, timed_x, device)[0]}
+    r = latency_profile(branchy, baseline, timed_x, device)
     r["predicted_ms"] = predict_runtime(sweep.exit_fractions, r["path_ms"])
     r["frontier"] = inc_points(sweep.accuracy, r["predicted_ms"], spec.inc_amt)
     r["knee"] = knee(sweep.accuracy, r["predicted_ms"], r["frontier"])
@@ -294,7 +291,7 @@ summary = {
     "exit_accuracies": outputs.exit_accuracies().tolist(),
     "grid_points": len(sweep.accuracy), "macs": costs["macs"], "baseline_macs": baseline_macs,
     "devices": {label: {
-        "path_ms": r["path_ms"].tolist(), "trunk_ms": r["trunk_ms"].tolist(),
+        "path_ms": r["path_ms"], "trunk_ms": r["trunk_ms"],
         "baseline_ms": r["baseline_ms"], "baseline_trunk_ms": r["baseline_trunk_ms"],
         "frontier": r["frontier"].tolist(), "knee": r["knee"],
         "knee_thresholds": sweep.thresholds[r["knee"]].tolist(),
