@@ -462,6 +462,7 @@ class Experiment:
         title = self.table_title(result)
         write_json(os.path.join(out, f"table_{tag}.json"),
                    {"title": title, "rows": result["rows"], "warnings": result["warnings"],
+                    "machine": result["record"]["machine"],
                     "criterion": result["record"]["settings"]["criterion"],
                     "knee_rule": "Kneedle: max of scaled accuracy minus scaled runtime on the frontier",
                     "frontier_rule": f"inc points, inc_amt={result['record']['settings']['inc_amt']}",
