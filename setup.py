@@ -10,6 +10,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["branchynet", "branchynet.*", "networks", "experiments"]),
+    # The start-up hook dev.sh installs: NumPy-2 fixes whenever chainer is imported first.
+    py_modules=["branchynet_startup"],
     install_requires=[
         "chainer==7.8.1",
         # chainer imports pkg_resources at run time; setuptools 82 removed it.
