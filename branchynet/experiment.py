@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from branchynet.datasets import load_dataset, split_validation
+from branchynet.datasets import info_differences, load_dataset, split_validation
 from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee
 from branchynet.io import atomic_path, read_json, write_json
@@ -115,6 +115,8 @@ class Experiment:
             raise SettingsError(f"--batch-size {s.batch_size} is larger than the training set "
                                 f"({len(d.train_y)} samples): use a batch of at most "
                                 f"{len(d.train_y)}, or more training data")
+        if s.timing_samples is None:  # the default: 1000, or every test sample if fewer
+            s.timing_samples = min(1000, len(d.test_y))
         if s.timing_samples > len(d.test_y):
             raise SettingsError(f"--timing-samples {s.timing_samples} is more than the "
                                 f"{len(d.test_y)} test samples: use at most {len(d.test_y)}, "
@@ -138,7 +140,8 @@ class Experiment:
 
     def _config(self, options):
         s, data = self.s, self.data
-        config = {"network": self.spec.name, "dataset": s.dataset, "dataset_options": options,
+        config = {"network": self.spec.name, "dataset": s.dataset, "data_name": data.name,
+                  "dataset_options": options,
                   "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
                   "data_record": data.info,
                   "network_structure": self.network_structure(),
@@ -153,12 +156,14 @@ class Experiment:
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
                   "devices": [str(d) for d in s.devices]}
-        if data.val_index is not None:
+        if data.val_y is not None:
             config["validation"] = {
-                "samples": len(data.val_index), "seed": s.seed, "index_file": "val_index.npy",
-                "index_sha256": array_sha256(data.val_index.astype("<i8")),
-                "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
-                               + (" (after --train-limit)" if s.train_limit else ""),
+                "samples": len(data.val_y), "seed": s.seed,
+                **({"index_file": "val_index.npy",
+                    "index_sha256": array_sha256(data.val_index.astype("<i8")),
+                    "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
+                                   + (" (after --train-limit)" if s.train_limit else "")}
+                   if data.val_index is not None else {"carved_from": "the dataset's own split"}),
                 "search": s.search,
                 "budgets": {"latency_budget_ms": s.latency_budget_ms,
                             "latency_budget_fraction": s.latency_budget_fraction,
@@ -181,12 +186,15 @@ class Experiment:
                     f"{[self.config.get(k) for k in changed]} now). "
                     f"Use another --out, or delete {self.out} to start over.")
             for key in RECORD_KEYS:
-                if key in old and json.loads(json.dumps(self.config[key])) != old[key]:
-                    what = differences(old[key], json.loads(json.dumps(self.config[key])))
+                new = json.loads(json.dumps(self.config[key]))
+                what = (info_differences(old[key], new) if key == "data_record"
+                        else differences(old[key], new)) if key in old else []
+                if what:
+                    kind = "data" if key == "data_record" else "network parameters"
                     raise SettingsError(
-                        f"{self.out} holds a run on other {'data' if key == 'data_record' else 'network parameters'} "
-                        f"({', '.join(what[:6])}{' ...' if len(what) > 6 else ''} differ) under "
-                        f"the same names. Use another --out, or delete {self.out} to start over.")
+                        f"{self.out} holds a run on other {kind} under the same names: "
+                        f"{'; '.join(what[:6])}{' ...' if len(what) > 6 else ''}. Use another "
+                        f"--out, or delete {self.out} to start over.")
         write_json(path, self.config)
         if self.data.val_index is not None:
             with atomic_path(self.path("val_index.npy")) as tmp:
@@ -534,7 +542,7 @@ class Experiment:
         machine = result["record"]["machine"]
         plot_tradeoff(
             os.path.join(self.out, f"tradeoff_{result['tag']}"),
-            f"{self.spec.title} ({self.config['dataset']}), {result['tag']}: "
+            f"{self.spec.title} ({self.config.get('data_name', self.config['dataset'])}), {result['tag']}: "
             f"{machine.get('gpu') or machine['cpu']}",
             selection["predicted"], 100 * sweep.accuracy,
             [p["stats"]["median_ms"] for p in points], [100 * sweep.accuracy[i] for i in front],
@@ -547,7 +555,8 @@ class Experiment:
         record = result["record"]
         machine = record["machine"]
         m = record["measurement"]
-        return (f"Table I rows: {self.spec.title} on {self.config['dataset']}, {result['tag']} "
+        data = self.config.get("data_name", self.config["dataset"])
+        return (f"Table I rows: {self.spec.title} on {data}, {result['tag']} "
                 f"({machine.get('gpu') or machine['cpu']}); accuracy and exits over all "
                 f"{len(self.outputs)} test samples; time = ms per sample at batch size 1, median "
                 f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples "
@@ -680,6 +689,8 @@ class Experiment:
         """Run the committed weights on the first ``samples`` test samples; compare."""
         import chainer
         from branchynet.training import load_weights
+        if not self.s.data_dir and self.config.get("data_record", {}).get("folder"):
+            self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
         self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
         self.s.val_size = 0
         self.load_data()

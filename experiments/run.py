@@ -65,7 +65,7 @@ from branchynet.experiment import Experiment, SettingsError, compare_with_sweep 
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid
-from branchynet.datasets import LOADERS
+from branchynet.datasets import DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label
 from branchynet.net import BranchyNet
 from networks import ENTRY_POINT_GROUP, REGISTRY, all_names, get_network
 
@@ -100,7 +100,8 @@ def parse_args(argv=None):
                         help="list every network with its exits, parameters and dataset, and exit")
     parser.add_argument("--paper", action="store_true",
                         help="the authors' settings: the paper's dataset, batch size and epochs")
-    parser.add_argument("--dataset", help=f"dataset: {', '.join(sorted(LOADERS))} (default: the network's quick "
+    parser.add_argument("--dataset", help="dataset: " + "; ".join(
+                            f"{k}: {v}" for k, v in DATASET_KINDS.items()) + " (default: the network's quick "
                         "dataset, or its paper dataset with --paper)")
     parser.add_argument("--data-dir", help="folder with the dataset files "
                         "(default: $BRANCHYNET_DATA, then the per-user cache)")
@@ -157,8 +158,9 @@ def parse_args(argv=None):
                         "baseline's validation accuracy (0: match the baseline)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
-    parser.add_argument("--timing-samples", type=int, default=1000,
-                        help="test samples timed at batch size 1 (0: all; default: %(default)s)")
+    parser.add_argument("--timing-samples", type=int,
+                        help="test samples timed at batch size 1 (0: all; default: 1000, or "
+                        "all when the test set is smaller)")
     parser.add_argument("--timing-rounds", type=int, default=5,
                         help="interleaved timing rounds; every latency is the median over "
                         "rounds, and a gain's interval is the range of its per-round values, "
@@ -196,10 +198,14 @@ def check_args(parser, args):
     args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
     if not args.dataset:
         parser.error(f"--network {args.network} names no dataset: give --dataset "
-                     f"({', '.join(sorted(LOADERS))})")
-    if args.dataset not in LOADERS:
-        parser.error(f"unknown --dataset {args.dataset!r}; choose one of "
-                     f"{', '.join(sorted(LOADERS))}")
+                     f"({', '.join(DATASET_KINDS)})")
+    try:
+        kind = dataset_kind(args.dataset)
+    except DatasetError as err:
+        parser.error(f"--dataset: {err}")
+    if args.preprocess and args.preprocess not in PREPROCESS_CHOICES[kind]:
+        parser.error(f"--preprocess {args.preprocess!r} does not apply to {kind} data; "
+                     f"choose one of {', '.join(PREPROCESS_CHOICES[kind])}")
     for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
         if getattr(args, name) is None:
             setattr(args, name, preset[name])
@@ -223,9 +229,10 @@ def check_args(parser, args):
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
     args.out = args.out or os.path.join(
-        "results", f"{spec.slug}-{dataset_label(args)}" + ("-paper" if args.paper else ""))
+        "results", f"{spec.slug}-{dataset_label(args.dataset, args.data_dir)}"
+        + ("-paper" if args.paper else ""))
     check_out(parser, args.out)
-    if args.timing_samples < 0:
+    if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
@@ -252,13 +259,6 @@ def check_args(parser, args):
         args.devices = resolve_devices(args.device or ["@numpy"])
     except ValueError as err:
         parser.error(str(err))
-
-
-def dataset_label(args):
-    """The data's part of the default results folder name."""
-    if args.dataset in ("npz", "idx") and args.data_dir:
-        return f"{args.dataset}-{os.path.basename(os.path.normpath(args.data_dir))}"
-    return args.dataset
 
 
 def check_out(parser, out):

@@ -12,7 +12,7 @@ TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "3
 
 CASES = [
     # (extra arguments (later ones win), what the message must say)
-    (["--dataset", "imagenet"], "unknown --dataset 'imagenet'; choose one of"),
+    (["--dataset", "imagenet"], "--dataset: unknown dataset 'imagenet'; choose one of"),
     (["--network", "vgg"], "unknown network 'vgg'; choose one of"),
     (["--network", "no/such/file.py:build"], "there is no file no/such/file.py"),
     (["--network", "{tmp}/net.py:missing"], "has no 'missing' (it defines"),
@@ -90,3 +90,21 @@ def test_a_folder_never_mixes_networks_or_data(tmp, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert "holds a run on other network parameters" in err and "/trunk/1/0/W" in err
+
+
+def test_a_folder_never_mixes_two_datasets_of_the_same_kind(tmp, data_dir, capsys):
+    """The review's silent mix: the same --out with another idx dataset reused the first
+    one's weights, outputs and timings. Now what was read is compared, file by file."""
+    from test_user_datasets import NAMES, read_idx, write_idx_folder
+    raw = {k: read_idx(os.path.join(data_dir, "mnist", n + ".gz")) for k, n in NAMES.items()}
+    first = {k: v[:300] for k, v in raw.items()}
+    second = {k: v[300:600] for k, v in raw.items()}
+    out = str(tmp / "run")
+    argv = TINY + ["--dataset", "idx", "--out", out, "--timing-rounds", "1"]
+    main(argv + ["--data-dir", write_idx_folder(tmp / "a", first)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--data-dir", write_idx_folder(tmp / "b", second)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds a run on other data" in err
+    assert "sha256" in err or "SHA-256" in err
