@@ -321,7 +321,7 @@ class Experiment:
         validation = d.val_x is not None
         path_x = d.val_x[:count] if validation else timed_x
         path = self.path(f"timing_{tag}.json")
-        old = read_json(path) if os.path.exists(path) else {}
+        old = read_json(path) if os.path.exists(path) and not getattr(s, "remeasure", False) else {}
         settings = {k: getattr(s, k) for k in SELECTION_KEYS}
         settings["grid"] = list(settings["grid"])
         base_key = {"weights": self.weights_key(), "machine": machine_key(device),

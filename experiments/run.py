@@ -166,6 +166,9 @@ def parse_args(argv=None):
                         "rounds, and a gain's interval is the range of its per-round values, "
                         "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
                         "5, 98.4%% for 7 (default: %(default)s)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time again even where timing_<device>.json matches the weights, "
+                        "inputs and machine (e.g. to check that two measurements agree)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",

@@ -80,6 +80,7 @@ work_dir = None        # where it trains and keeps weights (None: results/notebo
 data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache (downloads)
 timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
 timing_rounds = 5      # interleaved timing rounds; every latency is their median
+network = None         # another network on this data: FILE.py:NAME, package.module:NAME, a name
 seed = 0"""),
         code(f"""%matplotlib inline
 import branchynet  # first: makes Chainer 7 work on NumPy 2
@@ -102,7 +103,7 @@ from branchynet.timing import measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
 
-NETWORK = "{network}"
+NETWORK = network or "{network}"
 SETTINGS = {{
     "quick": {config["quick"]!r},
     "paper": {config["paper"]!r},
@@ -114,7 +115,7 @@ S["timing_samples"] = timing_samples or S["timing_samples"]
 spec = get_network(NETWORK)
 # Paths are relative to the repository root, also when Jupyter starts in notebooks/.
 root = os.path.dirname(os.getcwd()) if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
-work_dir = work_dir or os.path.join(root, "results", f"notebook-{{NETWORK}}-{{setting}}")
+work_dir = work_dir or os.path.join(root, "results", f"notebook-{{spec.slug}}-{{setting}}")
 devices, no_gpu_reason = available_devices()
 train_device = devices[-1]  # a GPU when there is one
 print(f"setting {{setting!r}}: {{S}}")

@@ -78,6 +78,8 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[baseline] reusing" in printed and "[branchynet] reusing" in printed
     assert "training" not in printed and "measuring" not in printed
+    main(TINY + ["--out", out, "--remeasure"])
+    assert "measuring the baseline" in capsys.readouterr().out
 
     # The folder re-derives without training or timing, identical to its CSVs, and the
     # weights reproduce its exit outputs; a tampered CSV is caught.
