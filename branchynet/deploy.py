@@ -1,0 +1,380 @@
+"""Early exit outside Chainer: a B-net exported to ONNX as parts, run on ONNX Runtime.
+
+Export (``export_bnet``) writes, with Chainer's own exporter (``onnx_chainer``, shipped
+with chainer 7.8.1):
+
+* ``segmentK.onnx``: trunk segment K (the layers between branch points K-1 and K);
+* ``exitK.onnx``: the head of exit K; every exit but the last also outputs the exit's
+  entropy score (``score``), computed in the graph, so the decision costs no extra call;
+* ``baseline.onnx``: the baseline (main branch) as one graph;
+* ``manifest.json``: the layer structure, the exits, the thresholds and the criterion.
+
+Every graph takes any batch size (the exporter fixes the traced one; ``_dynamic_batch``
+frees it). ``OnnxBranchyNet`` runs early-exit inference on those graphs with the rule of
+``branchynet.routing``: a sample leaves at the first exit whose score is strictly below the
+threshold, the last exit takes every sample left; batches are regrouped between exits.
+"""
+import json
+import os
+
+import chainer
+import numpy as np
+
+from branchynet import _onnx_compat  # noqa: F401  (onnx.mapping for onnx_chainer)
+from branchynet.io import atomic_path, read_json, write_json
+from branchynet.routing import check_thresholds, get_criterion
+
+FORMAT = "branchynet-onnx/1"
+MANIFEST = "manifest.json"
+# The exporter traces a batch of this many samples; its size is then freed. Any size > 1
+# tells the batch axis apart from other axes of size 1.
+EXPORT_BATCH = 3
+# The criterion computed inside the exit graphs (the others are computed on the logits).
+GRAPH_CRITERION = "entropy"
+
+
+class DeployError(ValueError):
+    """A bad export folder or argument; the message says what is wrong and how to fix it."""
+
+
+def _describe(layer):
+    """A short, readable description of one layer of a Sequential (for the manifest)."""
+    if isinstance(layer, chainer.Link):
+        params = {name: list(p.shape) for name, p in layer.namedparams() if p.array is not None}
+        return {"link": type(layer).__name__, "params": params}
+    func = getattr(layer, "func", None)
+    if func is not None:  # functools.partial
+        return {"function": func.__name__, "options": {k: v for k, v in layer.keywords.items()}}
+    return {"function": getattr(layer, "__name__", type(layer).__name__)}
+
+
+def _dynamic_batch(model, batch):
+    """Free the traced batch size: graph inputs/outputs get a symbolic batch axis ``N``,
+    ``Reshape`` targets keep axis 0 from their input, and weights stop being graph inputs
+    (so ONNX Runtime may fold and fuse them)."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in weights]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value == batch:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    del graph.value_info[:]
+    from onnx import numpy_helper
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Reshape":
+            continue
+        name = node.input[1]
+        if name in consts:
+            attr = next(a for a in consts[name].attribute if a.name == "value")
+            shape = numpy_helper.to_array(attr.t).copy()
+        elif name in inits:
+            shape = numpy_helper.to_array(inits[name]).copy()
+        else:
+            continue
+        if shape[0] != batch:
+            raise DeployError(f"cannot free the batch size of a Reshape to {shape.tolist()} "
+                              f"(axis 0 is not the batch axis)")
+        shape[0] = 0  # ONNX: 0 copies the input's size along that axis
+        tensor = numpy_helper.from_array(shape.astype(np.int64), name)
+        if name in consts:
+            attr.t.CopyFrom(tensor)
+        else:
+            inits[name].CopyFrom(tensor)
+
+
+def _append_entropy(model, logits):
+    """Add an output ``score``: the entropy (natural log) of softmax(``logits``) per row,
+    the same formula as ``branchynet.routing.entropy``."""
+    from onnx import TensorProto, helper
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    nodes = [helper.make_node("LogSoftmax", [logits], ["_log_p"], axis=1),
+             helper.make_node("Exp", ["_log_p"], ["_p"]),
+             helper.make_node("Mul", ["_p", "_log_p"], ["_p_log_p"])]
+    if opset >= 13:
+        axes = helper.make_tensor("_axes", TensorProto.INT64, [1], [1])
+        model.graph.initializer.append(axes)
+        nodes.append(helper.make_node("ReduceSum", ["_p_log_p", "_axes"], ["_sum"], keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceSum", ["_p_log_p"], ["_sum"], axes=[1], keepdims=0))
+    nodes.append(helper.make_node("Neg", ["_sum"], ["score"]))
+    model.graph.node.extend(nodes)
+    model.graph.output.append(helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]))
+
+
+def export_link(link, x, path, output_names=("logits",), score=False):
+    """Export ``link`` (a Chain called on one array) traced on ``x`` to ``path``; returns
+    the chain's output on ``x`` (an array). ``score`` adds the entropy output."""
+    import onnx
+    import onnx_chainer
+    with chainer.using_config("train", False):
+        model = onnx_chainer.export(link, chainer.Variable(x), filename=None,
+                                    input_names=["input"], output_names=list(output_names),
+                                    train=False)
+    _dynamic_batch(model, len(x))
+    if score:
+        _append_entropy(model, output_names[0])
+    onnx.checker.check_model(model)
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        out = link(x)
+    return chainer.as_array(out[0] if isinstance(out, (list, tuple)) else out)
+
+
+def export_bnet(branchy, baseline, x, out_dir, thresholds=None, criterion="entropy",
+                info=None):
+    """Export ``branchy`` (a ``BranchyNet``) as parts and ``baseline`` as one graph.
+
+    Args:
+        x: real input samples (host array); the first ``EXPORT_BATCH`` are traced.
+        out_dir: folder for the ``.onnx`` files and ``manifest.json`` (written atomically).
+        thresholds: the default threshold vector of the runtime (e.g. the knee), or None.
+        criterion: exit score (a key of ``branchynet.routing.CRITERIA``).
+        info: extra JSON-able facts for the manifest (network, source of the weights).
+
+    Returns the manifest (a dict).
+    """
+    get_criterion(criterion)
+    if thresholds is not None:
+        thresholds = list(check_thresholds(thresholds, branchy.n_exits))
+    x = np.asarray(x[:EXPORT_BATCH], np.float32)
+    if len(x) < 2:
+        raise DeployError("export needs at least 2 real samples to trace the batch axis")
+    branchy.to_cpu()
+    baseline.to_cpu()
+    os.makedirs(out_dir, exist_ok=True)
+    segments, heads = [], []
+    h = x
+    for n in range(branchy.n_exits):
+        segment = branchy.trunk[n]
+        entry = {"index": n + 1, "layers": [_describe(layer) for layer in segment],
+                 "file": None}
+        if len(segment):
+            entry["file"] = f"segment{n + 1}.onnx"
+            entry["input_shape"] = list(h.shape[1:])
+            h = export_link(segment, h, os.path.join(out_dir, entry["file"]), ("output",))
+            entry["output_shape"] = list(h.shape[1:])
+        segments.append(entry)
+        last = n == branchy.n_exits - 1
+        head = branchy.heads[n]
+        heads.append({"exit": n + 1, "file": f"exit{n + 1}.onnx", "input_shape": list(h.shape[1:]),
+                      "layers": [_describe(layer) for layer in head],
+                      "outputs": ["logits"] if last else ["logits", "score"]})
+        export_link(head, h, os.path.join(out_dir, heads[-1]["file"]), score=not last)
+    export_link(baseline, x, os.path.join(out_dir, "baseline.onnx"))
+    import onnx
+    manifest = {
+        "format": FORMAT,
+        "input_shape": list(x.shape[1:]),
+        "n_exits": branchy.n_exits,
+        "segments": segments,
+        "exits": heads,
+        "baseline": {"file": "baseline.onnx"},
+        "criterion": criterion,
+        "graph_criterion": GRAPH_CRITERION,
+        "thresholds": thresholds,
+        "rule": "a sample leaves at the first exit whose score is strictly below that exit's "
+                "threshold; the last exit takes every sample left",
+        "exporter": {"onnx_chainer": "chainer " + chainer.__version__, "onnx": onnx.__version__},
+        **(info or {}),
+    }
+    write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def read_manifest(out_dir):
+    """The manifest of an export folder, with a clear error where there is none."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise DeployError(f"{path} does not exist: export the B-net first "
+                          f"(python -m experiments.deploy export --results DIR)")
+    try:
+        manifest = read_json(path)
+    except (OSError, json.JSONDecodeError) as err:
+        raise DeployError(f"{path} is not a readable manifest ({err}): export again") from None
+    if manifest.get("format") != FORMAT:
+        raise DeployError(f"{path} has format {manifest.get('format')!r}, not {FORMAT!r}: "
+                          f"export again with this version")
+    for part in [s for s in manifest["segments"] if s["file"]] + manifest["exits"] + \
+            [manifest["baseline"]]:
+        if not os.path.isfile(os.path.join(out_dir, part["file"])):
+            raise DeployError(f"{part['file']} is missing from {out_dir}: export again")
+    return manifest
+
+
+def providers_for(device="cpu"):
+    """ONNX Runtime execution providers for ``device`` (``cpu`` or ``cuda``)."""
+    import onnxruntime as ort
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DeployError("ONNX Runtime here has no CUDAExecutionProvider: install "
+                              "onnxruntime-gpu (and a CUDA 12 runtime) or use --ort-device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise DeployError(f"unknown ONNX Runtime device {device!r}; choose cpu or cuda")
+
+
+class _Part:
+    """One ONNX Runtime session with its input name and output names."""
+
+    def __init__(self, path, providers, options):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x, outputs=None):
+        return self.session.run(outputs, {self.input: x})
+
+
+class OnnxBranchyNet:
+    """A B-net exported by ``export_bnet``, run on ONNX Runtime.
+
+    Args:
+        out_dir: the export folder.
+        device: ``cpu`` (CPUExecutionProvider) or ``cuda`` (CUDAExecutionProvider).
+        threads: intra-op threads per session (1 matches the project's one BLAS thread).
+    """
+
+    def __init__(self, out_dir, device="cpu", threads=1):
+        import onnxruntime as ort
+        self.manifest = read_manifest(out_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        providers = providers_for(device)
+
+        def part(entry):
+            return _Part(os.path.join(out_dir, entry["file"]), providers, options) \
+                if entry.get("file") else None
+
+        self.device = device
+        self.segments = [part(s) for s in self.manifest["segments"]]
+        self.heads = [part(e) for e in self.manifest["exits"]]
+        self.baseline = part(self.manifest["baseline"])
+        self.n_exits = self.manifest["n_exits"]
+        self.criterion = self.manifest["criterion"]
+        self.thresholds = self.manifest["thresholds"]
+
+    def run_trunk(self, h, n):
+        """Trunk segment ``n`` (0-based) on ``h`` (identity where the segment is empty)."""
+        segment = self.segments[n]
+        return h if segment is None else segment(h)[0]
+
+    def exit_logits(self, x):
+        """Logits of every exit for a batch (no early exit), in exit order."""
+        out, h = [], np.asarray(x, np.float32)
+        for n in range(self.n_exits):
+            h = self.run_trunk(h, n)
+            out.append(self.heads[n](h, ["logits"])[0])
+        return out
+
+    def exit_scores(self, x):
+        """The in-graph scores of every exit but the last (no early exit)."""
+        out, h = [], np.asarray(x, np.float32)
+        for n in range(self.n_exits - 1):
+            h = self.run_trunk(h, n)
+            out.append(self.heads[n](h, ["score"])[0])
+        return out
+
+    def predict_baseline(self, x):
+        """Labels of the baseline graph for a batch (int32)."""
+        return self.baseline(np.asarray(x, np.float32))[0].argmax(axis=1).astype(np.int32)
+
+    def _decider(self, criterion, in_graph):
+        """``(outputs to request from a head, function head outputs -> scores)``."""
+        if in_graph and criterion == GRAPH_CRITERION:
+            return None, lambda outs: outs[1]
+        score = get_criterion(criterion)
+        return ["logits"], lambda outs: score(outs[0])
+
+    def predict(self, x, thresholds=None, criterion=None, score_in_graph=True):
+        """Early-exit inference on a batch; returns ``(labels, exits)`` int32 host arrays.
+
+        ``thresholds`` default to the manifest's; ``criterion`` to its criterion. The
+        entropy comes from the exit graphs (``score_in_graph``) or, like the other
+        criteria, from ``branchynet.routing`` applied to the logits.
+        """
+        thresholds = self.thresholds if thresholds is None else thresholds
+        if thresholds is None:
+            raise DeployError("no thresholds given and none in the manifest: pass them, or "
+                              "export with thresholds")
+        thresholds = check_thresholds(thresholds, self.n_exits)
+        criterion = criterion or self.criterion
+        wanted, scores = self._decider(criterion, score_in_graph)
+        x = np.asarray(x, np.float32)
+        last = self.n_exits - 1
+        if len(x) == 1:  # batch size 1: no index arrays, the same comparisons
+            h = x
+            for n in range(self.n_exits):
+                h = self.run_trunk(h, n)
+                if n == last:
+                    logits = self.heads[n](h)[0]
+                    break
+                outs = self.heads[n](h, wanted)
+                logits = outs[0]
+                if (scores(outs) < thresholds[n])[0]:
+                    break
+            return logits.argmax(axis=1).astype(np.int32), np.full(1, n, np.int32)
+        labels = np.empty(len(x), np.int32)
+        exits = np.empty(len(x), np.int32)
+        remaining = np.arange(len(x))
+        h = x
+        for n in range(self.n_exits):
+            h = self.run_trunk(h, n)
+            outs = self.heads[n](h) if n == last else self.heads[n](h, wanted)
+            labels[remaining] = outs[0].argmax(axis=1)
+            exits[remaining] = n
+            if n == last:
+                break
+            stay = np.flatnonzero(~(scores(outs) < thresholds[n]))
+            if len(stay) == 0:
+                break
+            if len(stay) < len(remaining):
+                remaining, h = remaining[stay], h[stay]
+        return labels, exits
+
+
+def compare_parts(branchy, baseline, runtime, x):
+    """Largest absolute difference, per part, between Chainer and ONNX Runtime on ``x``.
+
+    Each part gets the same input in both runtimes (Chainer's output of the parts before
+    it). Returns a dict part name -> ``{"max_abs": ..., "scale": max |Chainer output|}``.
+    """
+    x = np.asarray(x, np.float32)
+    result = {}
+
+    def record(name, ours, theirs):
+        ours, theirs = np.asarray(ours), np.asarray(theirs)
+        if ours.shape != theirs.shape:
+            raise AssertionError(f"{name}: ONNX output shape {ours.shape} != Chainer's {theirs.shape}")
+        result[name] = {"max_abs": float(np.abs(ours - theirs).max()),
+                        "scale": float(np.abs(theirs).max())}
+
+    from branchynet.routing import entropy
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        h = x
+        for n in range(branchy.n_exits):
+            segment = branchy.trunk[n]
+            if len(segment):
+                ref = chainer.as_array(segment(h))
+                record(f"segment{n + 1}", runtime.segments[n](h)[0], ref)
+                h = ref
+            ref = chainer.as_array(branchy.heads[n](h))
+            outs = runtime.heads[n](h)
+            record(f"exit{n + 1}", outs[0], ref)
+            if n < branchy.n_exits - 1:
+                record(f"exit{n + 1}.score", outs[1], entropy(ref))
+        ref = chainer.as_array(baseline(x)[0])
+        record("baseline", runtime.baseline(x)[0], ref)
+    return result
