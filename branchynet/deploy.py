@@ -188,6 +188,92 @@ def export_bnet(branchy, baseline, x, out_dir, thresholds=None, criterion="entro
     return manifest
 
 
+def _renamed(path, prefix, h_name):
+    """The nodes and weights of an exported part, every name prefixed, its input renamed
+    to ``h_name`` (the tensor it reads in the composed graph)."""
+    import onnx
+    from onnx import compose
+    model = compose.add_prefix(onnx.load(path), prefix)
+    nodes = list(model.graph.node)
+    for node in nodes:
+        node.input[:] = [h_name if i == prefix + "input" else i for i in node.input]
+    return nodes, list(model.graph.initializer)
+
+
+def build_early_exit_graph(out_dir, manifest):
+    """Compose the exported parts into one graph that routes a single sample itself.
+
+    Inputs ``input`` (batch size 1) and ``thresholds`` (one per exit but the last); outputs
+    ``label`` and ``exit`` (0-based), int64 of shape [1]. At each exit but the last, an
+    ``If`` on ``score < threshold`` returns that exit's argmax, or runs the next segment and
+    head in its ``else`` branch, whose weights it holds. One ONNX Runtime call per sample,
+    with no Python between exits: the batch-size-1 deployment form. Written to
+    ``early_exit.onnx``; returns the file name.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+    segments, exits = manifest["segments"], manifest["exits"]
+    last = manifest["n_exits"] - 1
+
+    def int64(name, value):
+        return helper.make_node("Constant", [], [name],
+                                value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+
+    def level(n, h_name):
+        """Nodes and weights from trunk segment n on; the names of its label and exit."""
+        nodes, weights = [], []
+        if segments[n]["file"]:
+            more, w = _renamed(os.path.join(out_dir, segments[n]["file"]), f"s{n + 1}_", h_name)
+            nodes += more
+            weights += w
+            h_name = f"s{n + 1}_output"
+        more, w = _renamed(os.path.join(out_dir, exits[n]["file"]), f"e{n + 1}_", h_name)
+        nodes += more
+        weights += w
+        logits = f"e{n + 1}_logits"
+        label, exit_ = f"label{n + 1}", f"exit{n + 1}"
+        if n == last:
+            nodes += [helper.make_node("ArgMax", [logits], [label], axis=1, keepdims=0),
+                      int64(exit_, n)]
+            return nodes, weights, label, exit_
+        weights.append(helper.make_tensor(f"index{n + 1}", TensorProto.INT64, [], [n]))
+        nodes += [helper.make_node("Gather", ["thresholds", f"index{n + 1}"], [f"T{n + 1}"], axis=0),
+                  # shape [1]: If takes a condition tensor holding a single element
+                  helper.make_node("Less", [f"e{n + 1}_score", f"T{n + 1}"], [f"cond{n + 1}"])]
+        then = helper.make_graph(
+            [helper.make_node("ArgMax", [logits], [f"then_label{n + 1}"], axis=1, keepdims=0),
+             int64(f"then_exit{n + 1}", n)], f"leave_at_exit{n + 1}", [],
+            [helper.make_tensor_value_info(f"then_label{n + 1}", TensorProto.INT64, [1]),
+             helper.make_tensor_value_info(f"then_exit{n + 1}", TensorProto.INT64, [1])])
+        rest, rest_weights, rest_label, rest_exit = level(n + 1, h_name)
+        other = helper.make_graph(
+            rest, f"go_on_after_exit{n + 1}", [],
+            [helper.make_tensor_value_info(rest_label, TensorProto.INT64, [1]),
+             helper.make_tensor_value_info(rest_exit, TensorProto.INT64, [1])],
+            initializer=rest_weights)
+        nodes.append(helper.make_node("If", [f"cond{n + 1}"], [label, exit_],
+                                      then_branch=then, else_branch=other))
+        return nodes, weights, label, exit_
+
+    nodes, weights, label, exit_ = level(0, "input")
+    nodes += [helper.make_node("Identity", [label], ["label"]),
+              helper.make_node("Identity", [exit_], ["exit"])]
+    graph = helper.make_graph(
+        nodes, "early_exit",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1] + manifest["input_shape"]),
+         helper.make_tensor_value_info("thresholds", TensorProto.FLOAT, [max(last, 1)])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("exit", TensorProto.INT64, [1])],
+        initializer=weights)
+    opset = onnx.load(os.path.join(out_dir, exits[0]["file"])).opset_import
+    model = helper.make_model(graph, opset_imports=list(opset))
+    onnx.checker.check_model(model)
+    name = "early_exit.onnx"
+    with atomic_path(os.path.join(out_dir, name)) as tmp:
+        onnx.save(model, tmp)
+    return name
+
+
 def read_manifest(out_dir):
     """The manifest of an export folder, with a clear error where there is none."""
     path = os.path.join(out_dir, MANIFEST)
