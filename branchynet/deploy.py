@@ -40,7 +40,8 @@ class DeployError(ValueError):
 def _describe(layer):
     """A short, readable description of one layer of a Sequential (for the manifest)."""
     if isinstance(layer, chainer.Link):
-        params = {name: list(p.shape) for name, p in layer.namedparams() if p.array is not None}
+        params = {name.lstrip("/"): list(p.shape) for name, p in layer.namedparams()
+                  if p.array is not None}
         return {"link": type(layer).__name__, "params": params}
     func = getattr(layer, "func", None)
     if func is not None:  # functools.partial
@@ -146,8 +147,8 @@ def export_bnet(branchy, baseline, x, out_dir, thresholds=None, criterion="entro
     x = np.asarray(x[:EXPORT_BATCH], np.float32)
     if len(x) < 2:
         raise DeployError("export needs at least 2 real samples to trace the batch axis")
-    branchy.to_cpu()
-    baseline.to_cpu()
+    branchy.to_device("@numpy")
+    baseline.to_device("@numpy")
     os.makedirs(out_dir, exist_ok=True)
     segments, heads = [], []
     h = x
@@ -184,20 +185,60 @@ def export_bnet(branchy, baseline, x, out_dir, thresholds=None, criterion="entro
         "exporter": {"onnx_chainer": "chainer " + chainer.__version__, "onnx": onnx.__version__},
         **(info or {}),
     }
+    manifest["early_exit"] = {"file": build_early_exit_graph(out_dir, manifest), "batch": 1,
+                              "inputs": ["input", "thresholds"], "outputs": ["label", "exit"]}
     write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
 
 
-def _renamed(path, prefix, h_name):
+# Tensors that ``_append_entropy`` adds to a head (the decision's arithmetic).
+SCORE_TENSORS = ("_log_p", "_p", "_p_log_p", "_sum", "_axes", "score")
+
+
+def _renamed(path, prefix, h_name, score=True):
     """The nodes and weights of an exported part, every name prefixed, its input renamed
-    to ``h_name`` (the tensor it reads in the composed graph)."""
+    to ``h_name`` (the tensor it reads in the composed graph); ``score=False`` leaves the
+    head's score out."""
     import onnx
     from onnx import compose
     model = compose.add_prefix(onnx.load(path), prefix)
-    nodes = list(model.graph.node)
+    drop = set() if score else {prefix + name for name in SCORE_TENSORS}
+    nodes = [node for node in model.graph.node if node.output[0] not in drop]
     for node in nodes:
         node.input[:] = [h_name if i == prefix + "input" else i for i in node.input]
-    return nodes, list(model.graph.initializer)
+    return nodes, [w for w in model.graph.initializer if w.name not in drop]
+
+
+def path_graph(out_dir, manifest, n, earlier_heads=False):
+    """A straight-line graph (bytes) of exit ``n``'s path for one sample: trunk segments
+    1..n+1, head n+1 and its argmax (output ``label``), no score and no decision; with
+    ``earlier_heads`` the heads of the exits before it run too (their logits are extra
+    outputs, so nothing prunes them). The zero-overhead reference of the composed graph."""
+    import onnx
+    from onnx import TensorProto, helper
+    nodes, weights, outputs, h = [], [], [], "input"
+    for k in range(n + 1):
+        segment = manifest["segments"][k]
+        if segment["file"]:
+            more, w = _renamed(os.path.join(out_dir, segment["file"]), f"s{k + 1}_", h)
+            nodes, weights, h = nodes + more, weights + w, f"s{k + 1}_output"
+        if k == n or earlier_heads:
+            more, w = _renamed(os.path.join(out_dir, manifest["exits"][k]["file"]), f"e{k + 1}_",
+                               h, score=False)
+            nodes, weights = nodes + more, weights + w
+            if k < n:
+                outputs.append(helper.make_tensor_value_info(f"e{k + 1}_logits",
+                                                             TensorProto.FLOAT, [1, None]))
+    nodes.append(helper.make_node("ArgMax", [f"e{n + 1}_logits"], ["label"], axis=1, keepdims=0))
+    graph = helper.make_graph(
+        nodes, f"exit{n + 1}_path",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1] + manifest["input_shape"])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [1])] + outputs,
+        initializer=weights)
+    opset = onnx.load(os.path.join(out_dir, manifest["exits"][0]["file"])).opset_import
+    model = helper.make_model(graph, opset_imports=list(opset))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def build_early_exit_graph(out_dir, manifest):
@@ -288,7 +329,7 @@ def read_manifest(out_dir):
         raise DeployError(f"{path} has format {manifest.get('format')!r}, not {FORMAT!r}: "
                           f"export again with this version")
     for part in [s for s in manifest["segments"] if s["file"]] + manifest["exits"] + \
-            [manifest["baseline"]]:
+            [manifest["baseline"], manifest["early_exit"]]:
         if not os.path.isfile(os.path.join(out_dir, part["file"])):
             raise DeployError(f"{part['file']} is missing from {out_dir}: export again")
     return manifest
@@ -339,6 +380,7 @@ class OnnxBranchyNet:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         providers = providers_for(device)
+        self.out_dir, self.options, self.providers = out_dir, options, providers
 
         def part(entry):
             return _Part(os.path.join(out_dir, entry["file"]), providers, options) \
@@ -348,6 +390,7 @@ class OnnxBranchyNet:
         self.segments = [part(s) for s in self.manifest["segments"]]
         self.heads = [part(e) for e in self.manifest["exits"]]
         self.baseline = part(self.manifest["baseline"])
+        self.early_exit = part(self.manifest["early_exit"])
         self.n_exits = self.manifest["n_exits"]
         self.criterion = self.manifest["criterion"]
         self.thresholds = self.manifest["thresholds"]
@@ -376,6 +419,24 @@ class OnnxBranchyNet:
     def predict_baseline(self, x):
         """Labels of the baseline graph for a batch (int32)."""
         return self.baseline(np.asarray(x, np.float32))[0].argmax(axis=1).astype(np.int32)
+
+    def path_session(self, n, earlier_heads=False):
+        """An ONNX Runtime session of ``path_graph(n, earlier_heads)`` (batch size 1)."""
+        import onnxruntime as ort
+        return ort.InferenceSession(path_graph(self.out_dir, self.manifest, n, earlier_heads),
+                                    self.options, providers=self.providers)
+
+    def predict_one(self, x, thresholds=None):
+        """Early exit of one sample in one call of the composed graph (``early_exit.onnx``,
+        entropy criterion); returns ``(labels, exits)`` as ``predict`` does."""
+        thresholds = self.thresholds if thresholds is None else thresholds
+        thresholds = np.asarray(check_thresholds(thresholds, self.n_exits) or [0.0], np.float32)
+        if self.criterion != GRAPH_CRITERION:
+            raise DeployError(f"the composed graph decides by {GRAPH_CRITERION}, this export by "
+                              f"{self.criterion}: use predict()")
+        label, exit_ = self.early_exit.session.run(
+            None, {"input": np.asarray(x, np.float32), "thresholds": thresholds})
+        return label.astype(np.int32), exit_.astype(np.int32)
 
     def _decider(self, criterion, in_graph):
         """``(outputs to request from a head, function head outputs -> scores)``."""
@@ -464,3 +525,85 @@ def compare_parts(branchy, baseline, runtime, x):
         ref = chainer.as_array(baseline(x)[0])
         record("baseline", runtime.baseline(x)[0], ref)
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# Timing variants for ``branchynet.timing.interleave``: callable(i) -> seconds of sample i
+
+
+class Timed:
+    """Runs ``predict(x[i:i + 1]) -> (labels, exits)`` on sample ``i`` and returns its
+    seconds, from slicing the input to having the label on the host; keeps each sample's
+    label and exit in ``labels`` and ``exits``."""
+
+    def __init__(self, predict, x):
+        import time
+        self.predict, self.x, self.clock = predict, x, time.perf_counter
+        self.labels = np.full(len(x), -1, np.int32)
+        self.exits = np.full(len(x), -1, np.int32)
+
+    def __call__(self, i):
+        start = self.clock()
+        label, exit_ = self.predict(self.x[i:i + 1])
+        seconds = self.clock() - start
+        self.labels[i], self.exits[i] = label[0], exit_[0]
+        return seconds
+
+
+def ort_variants(runtime, x, points, prefix="ort"):
+    """ONNX Runtime variants: ``<prefix>:baseline``; per exit path forced there, with the
+    parts and Python routing (``:exitN``) and with the composed graph (``1g:exitN``);
+    the zero-overhead paths (``:exitN_alone``, one straight-line graph each) and with the
+    earlier heads (``:exitN_cascade``); and every point of ``points`` (name -> thresholds)
+    both ways."""
+    from branchynet.timing import forced_exit_thresholds
+    zero = np.zeros(1, np.int32)
+    variants = {f"{prefix}:baseline": Timed(lambda xi: (runtime.predict_baseline(xi), zero), x)}
+    for n in range(runtime.n_exits):
+        forced = forced_exit_thresholds(n, runtime.n_exits)
+        variants[f"{prefix}:exit{n + 1}"] = Timed(lambda xi, t=forced: runtime.predict(xi, t), x)
+        variants[f"{prefix}-1g:exit{n + 1}"] = Timed(
+            lambda xi, t=forced: runtime.predict_one(xi, t), x)
+        for kind in ("alone", "cascade") if n else ("alone",):
+            session = runtime.path_session(n, earlier_heads=kind == "cascade")
+            variants[f"{prefix}:exit{n + 1}_{kind}"] = Timed(
+                lambda xi, s=session, n=n: (s.run(["label"], {"input": xi})[0],
+                                            np.full(1, n, np.int32)), x)
+    for name, thresholds in points.items():
+        variants[f"{prefix}:{name}"] = Timed(lambda xi, t=thresholds: runtime.predict(xi, t), x)
+        variants[f"{prefix}-1g:{name}"] = Timed(
+            lambda xi, t=thresholds: runtime.predict_one(xi, t), x)
+    return variants
+
+
+def chainer_path(net, n, earlier_heads=False):
+    """A Chainer forward of exit ``n``'s path for one host sample, no decisions:
+    ``predict``-like function returning ``(labels, exits)`` (the zero-overhead reference;
+    ``earlier_heads`` also runs the heads of the exits before it)."""
+    def run(xi):
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            h = xi
+            for m in range(n + 1):
+                h = net.run_trunk(h, m)
+                if m < n and earlier_heads:
+                    net.heads[m](h)
+            label = chainer.as_array(net.heads[n](h)).argmax(axis=1).astype(np.int32)
+        return label, np.full(1, n, np.int32)
+    return run
+
+
+def chainer_variants(branchy, baseline, x, points, criterion="entropy", prefix="chainer"):
+    """The same variants as ``ort_variants`` for Chainer on the CPU (``EndToEnd`` of
+    ``branchynet.timing`` for the baseline, the forced exit paths and the points)."""
+    from branchynet.timing import EndToEnd, forced_exit_thresholds
+    cpu = chainer.get_device("@numpy")
+    variants = {f"{prefix}:baseline": EndToEnd(baseline, x, [], cpu)}
+    for n in range(branchy.n_exits):
+        variants[f"{prefix}:exit{n + 1}"] = EndToEnd(
+            branchy, x, forced_exit_thresholds(n, branchy.n_exits), cpu, criterion)
+        for kind in ("alone", "cascade") if n else ("alone",):
+            variants[f"{prefix}:exit{n + 1}_{kind}"] = Timed(
+                chainer_path(branchy, n, kind == "cascade"), x)
+    for name, thresholds in points.items():
+        variants[f"{prefix}:{name}"] = EndToEnd(branchy, x, thresholds, cpu, criterion)
+    return variants
