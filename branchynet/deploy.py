@@ -426,6 +426,21 @@ class OnnxBranchyNet:
         return ort.InferenceSession(path_graph(self.out_dir, self.manifest, n, earlier_heads),
                                     self.options, providers=self.providers)
 
+    def call_session(self):
+        """A session of a graph that only returns its input: the fixed cost of a call."""
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        shape = [1] + self.manifest["input_shape"]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["input"], ["output"])], "call",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)])
+        model = helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 11)])
+        model.ir_version = onnx.load(os.path.join(self.out_dir, "baseline.onnx")).ir_version
+        return ort.InferenceSession(model.SerializeToString(), self.options,
+                                    providers=self.providers)
+
     def predict_one(self, x, thresholds=None):
         """Early exit of one sample in one call of the composed graph (``early_exit.onnx``,
         entropy criterion); returns ``(labels, exits)`` as ``predict`` does."""
@@ -551,14 +566,18 @@ class Timed:
 
 
 def ort_variants(runtime, x, points, prefix="ort"):
-    """ONNX Runtime variants: ``<prefix>:baseline``; per exit path forced there, with the
+    """ONNX Runtime variants: ``<prefix>:baseline``; ``<prefix>:call``, a graph that only
+    returns its input (the fixed cost of one call); per exit path forced there, with the
     parts and Python routing (``:exitN``) and with the composed graph (``1g:exitN``);
     the zero-overhead paths (``:exitN_alone``, one straight-line graph each) and with the
     earlier heads (``:exitN_cascade``); and every point of ``points`` (name -> thresholds)
     both ways."""
     from branchynet.timing import forced_exit_thresholds
     zero = np.zeros(1, np.int32)
-    variants = {f"{prefix}:baseline": Timed(lambda xi: (runtime.predict_baseline(xi), zero), x)}
+    call = runtime.call_session()
+    variants = {f"{prefix}:baseline": Timed(lambda xi: (runtime.predict_baseline(xi), zero), x),
+                f"{prefix}:call": Timed(lambda xi: (call.run(None, {"input": xi})[0][:1, 0, 0, 0]
+                                                    .astype(np.int32), zero), x)}
     for n in range(runtime.n_exits):
         forced = forced_exit_thresholds(n, runtime.n_exits)
         variants[f"{prefix}:exit{n + 1}"] = Timed(lambda xi, t=forced: runtime.predict(xi, t), x)
@@ -607,3 +626,4 @@ def chainer_variants(branchy, baseline, x, points, criterion="entropy", prefix="
     for name, thresholds in points.items():
         variants[f"{prefix}:{name}"] = EndToEnd(branchy, x, thresholds, cpu, criterion)
     return variants
+

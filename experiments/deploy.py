@@ -255,8 +255,14 @@ RUNTIMES = (("chainer", "Chainer"), ("ort", "ONNX Runtime, parts"),
 
 
 def summarise(timings, sweep, costs, n_exits, points, knee_name):
-    """Per runtime: baseline, exit paths, knee and frontier; gains with intervals, the
-    zero-overhead limit, the decision overhead and the FLOP-ideal gain."""
+    """Per runtime: baseline, exit paths, knee and frontier, and the gain at the knee with
+    what separates it from the FLOP-ideal gain, step by step (each paired per round):
+
+    FLOP-ideal (time in proportion to multiply-adds) -> with one call's fixed cost (ONNX
+    Runtime: a graph that only returns its input) -> zero-overhead limit (the measured
+    exit paths alone, mixed at the knee's exit fractions) -> with the earlier exits' heads
+    (no decisions) -> measured (the decisions too).
+    """
     from branchynet.flops import expected_macs
     knee_index = sweep["knee"]
     fractions = np.asarray(sweep["exit_fractions"][knee_index])
@@ -268,12 +274,12 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
         ref = "ort" if key == "ort-1g" else key  # the one graph shares baseline and paths
 
         def combine(kind):
-            return timings.combine({f"{ref}:exit{n + 1}_{'alone' if kind == 'alone' or n == 0 else kind}": f
+            return timings.combine({f"{ref}:exit{n + 1}_{'alone' if n == 0 else kind}": f
                                     for n, f in enumerate(fractions)})
         zero, cascade = combine("alone"), combine("cascade")
         knee_ms = timings.rounds_ms[f"{key}:{knee_name}"]
         base = timings.rounds_ms[f"{ref}:baseline"]
-        out["runtimes"][key] = {
+        r = {
             "title": title,
             "baseline": timings.stats(f"{ref}:baseline"),
             "paths": [timings.stats(f"{key}:exit{n + 1}") for n in range(n_exits)],
@@ -282,6 +288,8 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
             "gain": timings.ratio(f"{ref}:baseline", f"{key}:{knee_name}"),
             "zero_overhead_ms": float(np.median(zero)),
             "zero_overhead_gain": timings.ratio(f"{ref}:baseline", zero),
+            "cascade_ms": float(np.median(cascade)),
+            "cascade_gain": timings.ratio(f"{ref}:baseline", cascade),
             "earlier_heads": timings.ratio(cascade, zero),
             "decisions": timings.ratio(knee_ms, cascade),
             "decision_share": float(np.median((knee_ms - cascade) / knee_ms)),
@@ -290,6 +298,12 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
                                 "gain": timings.ratio(f"{ref}:baseline", f"{key}:{name}")}
                          for name in points},
         }
+        if f"{ref}:call" in timings.rounds_ms:
+            call = timings.rounds_ms[f"{ref}:call"]
+            r["call"] = timings.stats(f"{ref}:call")
+            r["flop_ideal_with_call_gain"] = float(np.median(
+                base / (call + (base - call) / flop_ideal)))
+        out["runtimes"][key] = r
     return out
 
 
@@ -320,25 +334,32 @@ def table_rows(exp, sweep, summary, knee_name, costs):
 
 
 def format_side_by_side(exp, summary):
-    """The gains of both runtimes and the limits, one line per runtime."""
+    """The gain at the knee on each runtime and the steps down from the FLOP-ideal gain."""
     def interval(r):
         return f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
     lines = [f"B-{exp.spec.title} at the knee (exits "
              f"{', '.join(f'{100 * f:.1f}' for f in summary['knee_exit_fractions'])}%): "
              f"FLOP-ideal gain {summary['flop_ideal_gain']:.2f}x "
              f"({summary['flop_gain_with_earlier_heads']:.2f}x counting the earlier heads)",
-             f"  {'runtime':<26}{'baseline ms':>12}{'knee ms':>10}  {'gain [per-round range]':<24}"
-             f"{'zero-overhead limit':>20}{'decisions':>11}{'of FLOP-ideal':>15}"]
+             f"  {'runtime':<25}{'baseline':>10}{'knee':>9}  {'gain [per-round range]':<23}"
+             f"{'of FLOP-ideal':>14}{'FLOP-ideal+call':>16}{'zero-overhead':>14}"
+             f"{'+earlier heads':>15}{'decisions':>10}",
+             f"  {'':<25}{'(ms)':>10}{'(ms)':>9}  {'':<23}{'':>14}{'(gain)':>16}{'(gain)':>14}"
+             f"{'(gain)':>15}{'(share)':>10}"]
     for key, _ in RUNTIMES:
         r = summary["runtimes"][key]
-        lines.append(f"  {r['title']:<26}{r['baseline']['median_ms']:>12.4f}"
-                     f"{r['knee']['median_ms']:>10.4f}  {interval(r['gain']):<24}"
-                     f"{r['zero_overhead_gain']['median']:>19.2f}x"
-                     f"{100 * r['decision_share']:>10.1f}%"
-                     f"{100 * r['gain_vs_flop_ideal']:>14.0f}%")
-    lines.append("  (decisions: share of the knee's latency above the same exits run without "
-                 "decisions, earlier heads included; zero-overhead limit: baseline / exit paths "
-                 "alone, mixed at the knee's fractions)")
+        with_call = r.get("flop_ideal_with_call_gain")
+        lines.append(f"  {r['title']:<25}{r['baseline']['median_ms']:>10.4f}"
+                     f"{r['knee']['median_ms']:>9.4f}  {interval(r['gain']):<23}"
+                     f"{100 * r['gain_vs_flop_ideal']:>13.0f}%"
+                     f"{'-' if with_call is None else f'{with_call:.2f}x':>16}"
+                     f"{r['zero_overhead_gain']['median']:>13.2f}x"
+                     f"{r['cascade_gain']['median']:>14.2f}x"
+                     f"{100 * r['decision_share']:>9.1f}%")
+    lines.append("  FLOP-ideal+call: the gain if all but one call's fixed cost (a graph that only "
+                 "returns its input) scaled with the multiply-adds; zero-overhead: the exit paths "
+                 "alone at the knee's exit fractions; +earlier heads: with the earlier exits' "
+                 "heads, no decisions; decisions: share of the knee's latency above that")
     return "\n".join(lines)
 
 
