@@ -86,9 +86,16 @@ def parse_args(argv=None):
                            "project's one BLAS thread)")
     time.add_argument("--knee-only", action="store_true",
                       help="time the knee but not the other frontier points")
+    time.add_argument("--max-points", type=int, default=8,
+                      help="frontier points timed at most, the knee included, spread evenly "
+                           "(default: %(default)s)")
+    time.add_argument("--exit-mix", type=float, nargs="+", metavar="F",
+                      help="also time thresholds that send these fractions of the test "
+                           "samples out at each exit (e.g. the paper's knee mix 0.656 0.252 "
+                           "0.092 for a weakly trained net whose knee uses one exit)")
     time.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    for name in ("check_samples", "samples", "rounds", "block", "threads"):
+    for name in ("check_samples", "samples", "rounds", "block", "threads", "max_points"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     args.onnx = args.onnx or os.path.join(args.results, "onnx")
@@ -245,6 +252,26 @@ def command_export(args):
     return 0
 
 
+def thresholds_for_mix(outputs, mix):
+    """Thresholds under which the test samples leave at each exit in the proportions
+    ``mix`` (as ``benchmarks/latency.py``): at exit n, among the samples still in, the k
+    with the lowest scores leave; the threshold is the (k+1)-th lowest score."""
+    mix = np.asarray(mix, np.float64)
+    if len(mix) != outputs.n_exits or (mix < 0).any() or mix.sum() <= 0:
+        raise UsageError(f"--exit-mix needs {outputs.n_exits} non-negative fractions "
+                         f"(one per exit), got {list(mix)}")
+    mix = mix / mix.sum()
+    remaining = np.arange(len(outputs.labels))
+    thresholds = []
+    for n in range(outputs.n_exits - 1):
+        k = int(round(mix[n] * len(outputs.labels)))
+        scores = np.sort(outputs.scores[remaining, n])
+        t = float(scores[k]) if k < len(scores) else float("inf")
+        thresholds.append(t)
+        remaining = remaining[~(outputs.scores[remaining, n] < t)]
+    return thresholds
+
+
 def _point_name(thresholds):
     from branchynet.experiment import point_name
     return point_name(thresholds)
@@ -254,8 +281,9 @@ RUNTIMES = (("chainer", "Chainer"), ("ort", "ONNX Runtime, parts"),
             ("ort-1g", "ONNX Runtime, one graph"))
 
 
-def summarise(timings, sweep, costs, n_exits, points, knee_name):
-    """Per runtime: baseline, exit paths, knee and frontier, and the gain at the knee with
+def summarise(timings, fractions, costs, n_exits, points, focus):
+    """Per runtime: baseline, exit paths, the point ``focus`` (whose samples leave at each
+    exit in ``fractions``) and the frontier, and the gain at ``focus`` with
     what separates it from the FLOP-ideal gain, step by step (each paired per round):
 
     FLOP-ideal (time in proportion to multiply-adds) -> with one call's fixed cost (ONNX
@@ -264,12 +292,12 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
     (no decisions) -> measured (the decisions too).
     """
     from branchynet.flops import expected_macs
-    knee_index = sweep["knee"]
-    fractions = np.asarray(sweep["exit_fractions"][knee_index])
+    fractions = np.asarray(fractions)
+    knee_name = focus
     flop_ideal = costs["baseline_macs"] / expected_macs(fractions, costs["path_macs"])
     flop_heads = costs["baseline_macs"] / expected_macs(fractions, costs["macs"])
     out = {"flop_ideal_gain": flop_ideal, "flop_gain_with_earlier_heads": flop_heads,
-           "knee_exit_fractions": fractions.tolist(), "runtimes": {}}
+           "point": focus, "exit_fractions": fractions.tolist(), "runtimes": {}}
     for key, title in RUNTIMES:
         ref = "ort" if key == "ort-1g" else key  # the one graph shares baseline and paths
 
@@ -284,7 +312,7 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
             "baseline": timings.stats(f"{ref}:baseline"),
             "paths": [timings.stats(f"{key}:exit{n + 1}") for n in range(n_exits)],
             "paths_alone": [timings.stats(f"{ref}:exit{n + 1}_alone") for n in range(n_exits)],
-            "knee": timings.stats(f"{key}:{knee_name}"),
+            "point": timings.stats(f"{key}:{knee_name}"),
             "gain": timings.ratio(f"{ref}:baseline", f"{key}:{knee_name}"),
             "zero_overhead_ms": float(np.median(zero)),
             "zero_overhead_gain": timings.ratio(f"{ref}:baseline", zero),
@@ -307,41 +335,42 @@ def summarise(timings, sweep, costs, n_exits, points, knee_name):
     return out
 
 
-def table_rows(exp, sweep, summary, knee_name, costs):
-    """Table I rows (baseline and knee) for every runtime, for ``format_table``."""
+def table_rows(exp, focus, costs):
+    """Table I rows for every runtime: the baseline, and the B-net at each point of
+    ``focus`` (a list of ``(label, accuracy %, thresholds, exit fractions, summary)``)."""
     from branchynet.experiment import ROW_KEYS
-    k = sweep["knee"]
     rows = []
-    base_acc = 100 * float(exp.baseline_outputs.exit_accuracies()[0]) \
-        if exp.baseline_outputs is not None else None
+    base_acc = 100 * float(exp.baseline_outputs.exit_accuracies()[0])
     for key, title in RUNTIMES:
-        r = summary["runtimes"][key]
+        r = focus[0][4]["runtimes"][key]
         base = dict.fromkeys(ROW_KEYS)
         base.update(network=exp.spec.title, selection=title, accuracy=base_acc,
                     time_ms=r["baseline"]["median_ms"], time_q1_ms=r["baseline"]["q1_ms"],
                     time_q3_ms=r["baseline"]["q3_ms"], macs=costs["baseline_macs"])
-        knee = dict.fromkeys(ROW_KEYS)
-        knee.update(network=f"B-{exp.spec.title}", selection=f"{title}: knee",
-                    accuracy=100 * sweep["accuracy"][k], time_ms=r["knee"]["median_ms"],
-                    time_q1_ms=r["knee"]["q1_ms"], time_q3_ms=r["knee"]["q3_ms"],
-                    gain=r["gain"]["median"], gain_low=r["gain"]["low"],
-                    gain_high=r["gain"]["high"], gain_significant=r["gain"]["significant"],
-                    thresholds=sweep["thresholds"][k],
-                    exit_percent=[100 * f for f in sweep["exit_fractions"][k]],
-                    macs=np.dot(sweep["exit_fractions"][k], costs["macs"]))
-        rows += [base, knee]
+        rows.append(base)
+        for label, accuracy, thresholds, fractions, summary in focus:
+            r = summary["runtimes"][key]
+            row = dict.fromkeys(ROW_KEYS)
+            row.update(network=f"B-{exp.spec.title}", selection=f"{title}: {label}",
+                       accuracy=accuracy, time_ms=r["point"]["median_ms"],
+                       time_q1_ms=r["point"]["q1_ms"], time_q3_ms=r["point"]["q3_ms"],
+                       gain=r["gain"]["median"], gain_low=r["gain"]["low"],
+                       gain_high=r["gain"]["high"], gain_significant=r["gain"]["significant"],
+                       thresholds=list(thresholds), exit_percent=[100 * f for f in fractions],
+                       macs=float(np.dot(fractions, costs["macs"])))
+            rows.append(row)
     return rows
 
 
-def format_side_by_side(exp, summary):
-    """The gain at the knee on each runtime and the steps down from the FLOP-ideal gain."""
+def format_side_by_side(exp, summary, label):
+    """The gain at one point on each runtime and the steps down from the FLOP-ideal gain."""
     def interval(r):
         return f"{r['median']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
-    lines = [f"B-{exp.spec.title} at the knee (exits "
-             f"{', '.join(f'{100 * f:.1f}' for f in summary['knee_exit_fractions'])}%): "
+    lines = [f"B-{exp.spec.title} at {label} {summary['point']} (exits "
+             f"{', '.join(f'{100 * f:.1f}' for f in summary['exit_fractions'])}%): "
              f"FLOP-ideal gain {summary['flop_ideal_gain']:.2f}x "
              f"({summary['flop_gain_with_earlier_heads']:.2f}x counting the earlier heads)",
-             f"  {'runtime':<25}{'baseline':>10}{'knee':>9}  {'gain [per-round range]':<23}"
+             f"  {'runtime':<25}{'baseline':>10}{'B-net':>9}  {'gain [per-round range]':<23}"
              f"{'of FLOP-ideal':>14}{'FLOP-ideal+call':>16}{'zero-overhead':>14}"
              f"{'+earlier heads':>15}{'decisions':>10}",
              f"  {'':<25}{'(ms)':>10}{'(ms)':>9}  {'':<23}{'':>14}{'(gain)':>16}{'(gain)':>14}"
@@ -350,7 +379,7 @@ def format_side_by_side(exp, summary):
         r = summary["runtimes"][key]
         with_call = r.get("flop_ideal_with_call_gain")
         lines.append(f"  {r['title']:<25}{r['baseline']['median_ms']:>10.4f}"
-                     f"{r['knee']['median_ms']:>9.4f}  {interval(r['gain']):<23}"
+                     f"{r['point']['median_ms']:>9.4f}  {interval(r['gain']):<23}"
                      f"{100 * r['gain_vs_flop_ideal']:>13.0f}%"
                      f"{'-' if with_call is None else f'{with_call:.2f}x':>16}"
                      f"{r['zero_overhead_gain']['median']:>13.2f}x"
@@ -359,7 +388,7 @@ def format_side_by_side(exp, summary):
     lines.append("  FLOP-ideal+call: the gain if all but one call's fixed cost (a graph that only "
                  "returns its input) scaled with the multiply-adds; zero-overhead: the exit paths "
                  "alone at the knee's exit fractions; +earlier heads: with the earlier exits' "
-                 "heads, no decisions; decisions: share of the knee's latency above that")
+                 "heads, no decisions; decisions: share of the point's latency above that")
     return "\n".join(lines)
 
 
@@ -386,17 +415,17 @@ def plot(path_stem, exp, sweep, summary, timings, points, costs, title):
             f"{r['title']}", fractions @ np.asarray(paths), acc,
             [timings.median(f"{key}:{_point_name(sweep['thresholds'][i])}") for i in front],
             acc[front], (timings.median(f"{ref}:baseline"), base_acc),
-            (r["knee"]["median_ms"], acc[k]),
+            (r["point"]["median_ms"], acc[k]),
             labels=(f"B-{exp.spec.title}", exp.spec.title), ax=ax)
     ax = axes[2]
     ideal = np.asarray([fractions[i] @ np.asarray(costs["path_macs"]) for i in front]) \
         / costs["baseline_macs"]
     ax.plot(ideal, acc[front], "--", color="0.4", label="FLOP-ideal (MACs / baseline's)")
-    for (key, title), color in zip(RUNTIMES, ("C0", "C2", "C1")):
+    for (key, name), color in zip(RUNTIMES, ("C0", "C2", "C1")):
         ref = "ort" if key == "ort-1g" else key
         rel = [timings.median(f"{key}:{_point_name(sweep['thresholds'][i])}")
                / timings.median(f"{ref}:baseline") for i in front]
-        ax.plot(rel, acc[front], "-o", ms=3, color=color, label=title)
+        ax.plot(rel, acc[front], "-o", ms=3, color=color, label=name)
     ax.axvline(1.0, color="C3", lw=0.8)
     ax.set_xlabel("Runtime relative to the same runtime's baseline")
     ax.set_ylabel("Accuracy (%)")
@@ -430,25 +459,38 @@ def command_time(args):
         raise UsageError("time compares the composed graph, which decides by entropy; this "
                          f"export uses {manifest['criterion']}")
     x = exp.data.test_x[:args.samples]
-    knee_name = _point_name(sweep["thresholds"][sweep["knee"]])
-    chosen = [sweep["knee"]] if args.knee_only else sorted(set(sweep["frontier"]) | {sweep["knee"]})
+    k = sweep["knee"]
+    knee_name = _point_name(sweep["thresholds"][k])
+    chosen = [] if args.knee_only else [i for i in sweep["frontier"] if i != k]
+    if len(chosen) > args.max_points - 1:
+        chosen = [chosen[int(j)] for j in np.linspace(0, len(chosen) - 1, args.max_points - 1)]
+    chosen = sorted(set(chosen) | {k})
     points = {_point_name(sweep["thresholds"][i]): sweep["thresholds"][i] for i in chosen}
+    focus = [("knee", 100 * sweep["accuracy"][k], sweep["thresholds"][k],
+              sweep["exit_fractions"][k], knee_name)]
+    if args.exit_mix:
+        from branchynet.sweep import evaluate_grid
+        mix = thresholds_for_mix(exp.outputs, args.exit_mix)
+        on_test = evaluate_grid(exp.outputs, [mix])
+        points[_point_name(mix)] = mix
+        focus.append(("exit mix", 100 * float(on_test.accuracy[0]), mix,
+                      on_test.exit_fractions[0].tolist(), _point_name(mix)))
     variants = {**chainer_variants(exp.branchy, exp.baseline, x, points),
                 **ort_variants(runtime, x, points)}
     print(f"timing {len(variants)} variants on {len(x)} test samples at batch size 1, "
           f"{args.rounds} interleaved rounds (load {loadavg()})", flush=True)
     timings = interleave(variants, len(x), rounds=args.rounds, block=args.block, warmup=10,
                          progress=not args.no_progress)
-    summary = summarise(timings, sweep, costs, exp.branchy.n_exits, points, knee_name)
+    focus = [(label, acc, t, f, summarise(timings, f, costs, exp.branchy.n_exits, points, name))
+             for label, acc, t, f, name in focus]
     exits = {}
-    ref = variants[f"chainer:{knee_name}"]
     scores = exp.outputs.scores[:len(x)]
     for name in points:
         near = borderline(scores, points[name], variants[f"chainer:{name}"].exits)
         for key in ("ort", "ort-1g"):
             v, r = variants[f"{key}:{name}"], variants[f"chainer:{name}"]
             exits[f"{key}:{name}"] = compare_exits(r.labels, r.exits, v.labels, v.exits, near)
-    rows = table_rows(exp, sweep, summary, knee_name, costs)
+    rows = table_rows(exp, focus, costs)
     machine = machine_info(chainer.get_device("@numpy"))
     machine.update(onnxruntime=onnxruntime.__version__, ort_device=args.ort_device,
                    ort_threads=args.threads,
@@ -461,17 +503,20 @@ def command_time(args):
              f"samples (gain range: per-round gains, "
              f"{100 * interval_coverage(m['rounds']):.1f}% coverage); load {timings.load}")
     print(format_table(rows, title))
-    print()
-    print(format_side_by_side(exp, summary))
+    for label, _, _, _, summary in focus:
+        print()
+        print(format_side_by_side(exp, summary, label))
     differ = {k: v for k, v in exits.items() if v["differ"]}
     print(f"exits and labels vs Chainer on the timed samples: "
           + ("identical at every point" if not differ else
              "; ".join(f"{k}: {v['differ']} differ ({v['differ_near_threshold']} near a "
                        f"threshold)" for k, v in differ.items())))
+    summary = focus[0][4]
     tag = args.ort_device if args.threads == 1 else f"{args.ort_device}-{args.threads}t"
     stem = os.path.join(args.results, f"deploy_{tag}")
     write_json(stem + ".json", {
-        "title": title, "machine": machine, "settings": vars(args), "summary": summary,
+        "title": title, "machine": machine, "settings": vars(args),
+        "summary": summary, "summaries": {label: sm for label, _, _, _, sm in focus},
         "exits_vs_chainer": exits, "points": points, "knee": knee_name,
         "costs": {k: costs[k] for k in ("path_macs", "macs", "head_macs", "baseline_macs")},
         "measurement": m})

@@ -174,7 +174,7 @@ def test_deploy_commands_export_and_time_both_runtimes(lenet_results, capsys):
     assert set(summary["runtimes"]) == {"chainer", "ort", "ort-1g"}
     assert record["measurement"]["rounds"] == 2 and record["measurement"]["samples"] == 12
     # FLOP-ideal gain from the multiply-adds (B-LeNet: 220,150 and 1,140,070 per path).
-    f1, f2 = summary["knee_exit_fractions"]
+    f1, f2 = summary["exit_fractions"]
     assert summary["flop_ideal_gain"] == pytest.approx(1_140_070 / (f1 * 220_150 + f2 * 1_140_070))
     for name in ("deploy_table_cpu.csv", "tradeoff_deploy_cpu.png", "tradeoff_deploy_cpu.pdf"):
         assert os.path.getsize(os.path.join(lenet_results, name)) > 0
