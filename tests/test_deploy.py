@@ -162,16 +162,21 @@ def test_deploy_commands_export_and_time_both_runtimes(lenet_results, capsys):
     assert manifest["thresholds"] == sweep["thresholds"][sweep["knee"]]
 
     assert cli.main(["time", "--results", lenet_results, "--samples", "12", "--rounds", "2",
-                     "--block", "4", "--knee-only", "--no-progress"]) == 0
+                     "--block", "4", "--knee-only", "--exit-mix", "0.7", "0.3",
+                     "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for text in ("Table I rows: LeNet on mnist-5k, Chainer vs ONNX Runtime",
                  "ONNX Runtime, parts: knee", "ONNX Runtime, one graph: knee", "FLOP-ideal gain",
-                 "zero-overhead limit", "identical at every point"):
+                 "ONNX Runtime, one graph: exit mix", "B-LeNet at exit mix T=",
+                 "zero-overhead", "identical at every point"):
         assert text in printed, text
     with open(os.path.join(lenet_results, "deploy_cpu.json")) as f:
         record = json.load(f)
     summary = record["summary"]
     assert set(summary["runtimes"]) == {"chainer", "ort", "ort-1g"}
+    assert set(record["summaries"]) == {"knee", "exit mix"}
+    mix = record["summaries"]["exit mix"]["exit_fractions"]
+    assert mix[0] == pytest.approx(0.7, abs=0.01)  # of all 300 test samples
     assert record["measurement"]["rounds"] == 2 and record["measurement"]["samples"] == 12
     # FLOP-ideal gain from the multiply-adds (B-LeNet: 220,150 and 1,140,070 per path).
     f1, f2 = summary["exit_fractions"]
