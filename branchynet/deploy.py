@@ -511,17 +511,18 @@ def compare_parts(branchy, baseline, runtime, x):
     """Largest absolute difference, per part, between Chainer and ONNX Runtime on ``x``.
 
     Each part gets the same input in both runtimes (Chainer's output of the parts before
-    it). Returns a dict part name -> ``{"max_abs": ..., "scale": max |Chainer output|}``.
+    it). Returns a dict part name -> ``{"max_abs": ..., "scale": max |Chainer output|}``
+    (for an exit's score, the scale of that exit's logits).
     """
     x = np.asarray(x, np.float32)
     result = {}
 
-    def record(name, ours, theirs):
+    def record(name, ours, theirs, scale=None):
         ours, theirs = np.asarray(ours), np.asarray(theirs)
         if ours.shape != theirs.shape:
             raise AssertionError(f"{name}: ONNX output shape {ours.shape} != Chainer's {theirs.shape}")
         result[name] = {"max_abs": float(np.abs(ours - theirs).max()),
-                        "scale": float(np.abs(theirs).max())}
+                        "scale": float(np.abs(theirs).max()) if scale is None else scale}
 
     from branchynet.routing import entropy
     with chainer.using_config("train", False), chainer.no_backprop_mode():
@@ -536,7 +537,9 @@ def compare_parts(branchy, baseline, runtime, x):
             outs = runtime.heads[n](h)
             record(f"exit{n + 1}", outs[0], ref)
             if n < branchy.n_exits - 1:
-                record(f"exit{n + 1}.score", outs[1], entropy(ref))
+                # The entropy's rounding error follows the logits' absolute error, so its
+                # scale is the logits' (entropy changes by at most ~|logit change|).
+                record(f"exit{n + 1}.score", outs[1], entropy(ref), result[f"exit{n + 1}"]["scale"])
         ref = chainer.as_array(baseline(x)[0])
         record("baseline", runtime.baseline(x)[0], ref)
     return result
