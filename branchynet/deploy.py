@@ -209,26 +209,33 @@ def _renamed(path, prefix, h_name, score=True):
     return nodes, [w for w in model.graph.initializer if w.name not in drop]
 
 
-def path_graph(out_dir, manifest, n, earlier_heads=False):
+def path_graph(out_dir, manifest, n, earlier_heads=False, scores=False):
     """A straight-line graph (bytes) of exit ``n``'s path for one sample: trunk segments
     1..n+1, head n+1 and its argmax (output ``label``), no score and no decision; with
     ``earlier_heads`` the heads of the exits before it run too (their logits are extra
-    outputs, so nothing prunes them). The zero-overhead reference of the composed graph."""
+    outputs, so nothing prunes them), and with ``scores`` also the scores of the exits up
+    to it but the last (extra outputs; no comparison). The references the composed graph
+    is measured against: zero overhead, earlier heads, and scores without decisions."""
     import onnx
     from onnx import TensorProto, helper
     nodes, weights, outputs, h = [], [], [], "input"
+    last = manifest["n_exits"] - 1
     for k in range(n + 1):
         segment = manifest["segments"][k]
         if segment["file"]:
             more, w = _renamed(os.path.join(out_dir, segment["file"]), f"s{k + 1}_", h)
             nodes, weights, h = nodes + more, weights + w, f"s{k + 1}_output"
-        if k == n or earlier_heads:
+        if k == n or earlier_heads or scores:
+            score = scores and k < last
             more, w = _renamed(os.path.join(out_dir, manifest["exits"][k]["file"]), f"e{k + 1}_",
-                               h, score=False)
+                               h, score=score)
             nodes, weights = nodes + more, weights + w
             if k < n:
                 outputs.append(helper.make_tensor_value_info(f"e{k + 1}_logits",
                                                              TensorProto.FLOAT, [1, None]))
+            if score:
+                outputs.append(helper.make_tensor_value_info(f"e{k + 1}_score",
+                                                             TensorProto.FLOAT, [1]))
     nodes.append(helper.make_node("ArgMax", [f"e{n + 1}_logits"], ["label"], axis=1, keepdims=0))
     graph = helper.make_graph(
         nodes, f"exit{n + 1}_path",
@@ -420,11 +427,12 @@ class OnnxBranchyNet:
         """Labels of the baseline graph for a batch (int32)."""
         return self.baseline(np.asarray(x, np.float32))[0].argmax(axis=1).astype(np.int32)
 
-    def path_session(self, n, earlier_heads=False):
-        """An ONNX Runtime session of ``path_graph(n, earlier_heads)`` (batch size 1)."""
+    def path_session(self, n, earlier_heads=False, scores=False):
+        """An ONNX Runtime session of ``path_graph(n, earlier_heads, scores)`` (batch 1)."""
         import onnxruntime as ort
-        return ort.InferenceSession(path_graph(self.out_dir, self.manifest, n, earlier_heads),
-                                    self.options, providers=self.providers)
+        return ort.InferenceSession(
+            path_graph(self.out_dir, self.manifest, n, earlier_heads, scores),
+            self.options, providers=self.providers)
 
     def call_session(self):
         """A session of a graph that only returns its input: the fixed cost of a call."""
@@ -572,8 +580,8 @@ def ort_variants(runtime, x, points, prefix="ort"):
     """ONNX Runtime variants: ``<prefix>:baseline``; ``<prefix>:call``, a graph that only
     returns its input (the fixed cost of one call); per exit path forced there, with the
     parts and Python routing (``:exitN``) and with the composed graph (``1g:exitN``);
-    the zero-overhead paths (``:exitN_alone``, one straight-line graph each) and with the
-    earlier heads (``:exitN_cascade``); and every point of ``points`` (name -> thresholds)
+    the zero-overhead paths (``:exitN_alone``, one straight-line graph each), with the
+    earlier heads (``:exitN_cascade``) and with their scores too (``:exitN_scored``); and every point of ``points`` (name -> thresholds)
     both ways."""
     from branchynet.timing import forced_exit_thresholds
     zero = np.zeros(1, np.int32)
@@ -586,8 +594,9 @@ def ort_variants(runtime, x, points, prefix="ort"):
         variants[f"{prefix}:exit{n + 1}"] = Timed(lambda xi, t=forced: runtime.predict(xi, t), x)
         variants[f"{prefix}-1g:exit{n + 1}"] = Timed(
             lambda xi, t=forced: runtime.predict_one(xi, t), x)
-        for kind in ("alone", "cascade") if n else ("alone",):
-            session = runtime.path_session(n, earlier_heads=kind == "cascade")
+        for kind in ("alone", "cascade", "scored") if n else ("alone", "scored"):
+            session = runtime.path_session(n, earlier_heads=kind == "cascade",
+                                           scores=kind == "scored")
             variants[f"{prefix}:exit{n + 1}_{kind}"] = Timed(
                 lambda xi, s=session, n=n: (s.run(["label"], {"input": xi})[0],
                                             np.full(1, n, np.int32)), x)

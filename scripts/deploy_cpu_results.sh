@@ -14,7 +14,7 @@ for network in ${*:-lenet alexnet resnet}; do
         lenet) out=results/deploy-lenet_mnist
                ./dev.sh run --no-progress --network lenet_mnist --out $out
                deploy export --results $out
-               deploy time --results $out --samples 500 --rounds 7 --exit-mix 0.913 0.087 \
+               deploy time --results $out --samples 400 --rounds 9 --exit-mix 0.913 0.087 \
                    --no-progress ;;
         # 2,000 training / 1,000 test images, 2 + 2 epochs; its knee sends every sample out
         # at exit 1, so the paper's knee mix (65.6 / 25.2 / 9.2%) is timed as well.
@@ -23,7 +23,7 @@ for network in ${*:-lenet alexnet resnet}; do
                      --test-limit 1000 --baseline-epochs 2 --branchy-epochs 2 \
                      --timing-samples 200 --timing-rounds 3 --out $out
                  deploy export --results $out
-                 deploy time --results $out --samples 200 --rounds 5 --max-points 4 \
+                 deploy time --results $out --samples 150 --rounds 7 --max-points 4 \
                      --exit-mix 0.656 0.252 0.092 --no-progress ;;
         # 500 training / 300 test images, 1 + 1 epoch (ResNet-110 trains at ~10 images/s
         # here); the paper's knee mix is 41.5 / 13.8 / 44.7%.
@@ -32,7 +32,7 @@ for network in ${*:-lenet alexnet resnet}; do
                     --test-limit 300 --baseline-epochs 1 --branchy-epochs 1 \
                     --timing-samples 30 --timing-rounds 3 --out $out
                 deploy export --results $out
-                deploy time --results $out --samples 40 --rounds 5 --max-points 3 \
+                deploy time --results $out --samples 30 --rounds 7 --max-points 3 \
                     --exit-mix 0.415 0.138 0.447 --no-progress ;;
         *) echo "unknown network $network (lenet, alexnet or resnet)" >&2; exit 2 ;;
     esac
