@@ -397,10 +397,28 @@ class OnnxBranchyNet:
         self.segments = [part(s) for s in self.manifest["segments"]]
         self.heads = [part(e) for e in self.manifest["exits"]]
         self.baseline = part(self.manifest["baseline"])
+        self.baseline_one = self._batch_one(self.manifest["baseline"]["file"])
+        # Batch size 1 runs on copies of the parts with the batch axis fixed to 1.
+        self.segments_one = [s["file"] and self._batch_one(s["file"])
+                             for s in self.manifest["segments"]]
+        self.heads_one = [self._batch_one(e["file"]) for e in self.manifest["exits"]]
         self.early_exit = part(self.manifest["early_exit"])
         self.n_exits = self.manifest["n_exits"]
         self.criterion = self.manifest["criterion"]
         self.thresholds = self.manifest["thresholds"]
+
+    def _batch_one(self, name):
+        """A session of graph ``name`` with its batch axis fixed to 1 (ONNX Runtime plans
+        static shapes better: the composed batch-size-1 graphs have them too)."""
+        import onnx
+        import onnxruntime as ort
+        model = onnx.load(os.path.join(self.out_dir, name))
+        for value in list(model.graph.input) + list(model.graph.output):
+            dims = value.type.tensor_type.shape.dim
+            if dims and dims[0].dim_param:
+                dims[0].ClearField("dim_param")
+                dims[0].dim_value = 1
+        return _Part(model.SerializeToString(), self.providers, self.options)
 
     def run_trunk(self, h, n):
         """Trunk segment ``n`` (0-based) on ``h`` (identity where the segment is empty)."""
@@ -424,8 +442,10 @@ class OnnxBranchyNet:
         return out
 
     def predict_baseline(self, x):
-        """Labels of the baseline graph for a batch (int32)."""
-        return self.baseline(np.asarray(x, np.float32))[0].argmax(axis=1).astype(np.int32)
+        """Labels of the baseline graph for a batch (int32); a single sample runs on the
+        baseline with its batch axis fixed to 1."""
+        part = self.baseline_one if len(x) == 1 else self.baseline
+        return part(np.asarray(x, np.float32))[0].argmax(axis=1).astype(np.int32)
 
     def path_session(self, n, earlier_heads=False, scores=False):
         """An ONNX Runtime session of ``path_graph(n, earlier_heads, scores)`` (batch 1)."""
@@ -487,11 +507,12 @@ class OnnxBranchyNet:
         if len(x) == 1:  # batch size 1: no index arrays, the same comparisons
             h = x
             for n in range(self.n_exits):
-                h = self.run_trunk(h, n)
+                if self.segments_one[n]:
+                    h = self.segments_one[n](h)[0]
                 if n == last:
-                    logits = self.heads[n](h)[0]
+                    logits = self.heads_one[n](h)[0]
                     break
-                outs = self.heads[n](h, wanted)
+                outs = self.heads_one[n](h, wanted)
                 logits = outs[0]
                 if (scores(outs) < thresholds[n])[0]:
                     break
