@@ -285,7 +285,8 @@ def build_early_exit_graph(out_dir, manifest):
                       int64(exit_, n)]
             return nodes, weights, label, exit_
         weights.append(helper.make_tensor(f"index{n + 1}", TensorProto.INT64, [], [n]))
-        nodes += [helper.make_node("Gather", ["thresholds", f"index{n + 1}"], [f"T{n + 1}"], axis=0),
+        nodes += [helper.make_node("Gather", ["thresholds", f"index{n + 1}"], [f"T{n + 1}"],
+                                   axis=0),
                   # shape [1]: If takes a condition tensor holding a single element
                   helper.make_node("Less", [f"e{n + 1}_score", f"T{n + 1}"], [f"cond{n + 1}"])]
         then = helper.make_graph(
@@ -549,7 +550,8 @@ def compare_parts(branchy, baseline, runtime, x):
     def record(name, ours, theirs, scale=None):
         ours, theirs = np.asarray(ours), np.asarray(theirs)
         if ours.shape != theirs.shape:
-            raise AssertionError(f"{name}: ONNX output shape {ours.shape} != Chainer's {theirs.shape}")
+            raise AssertionError(f"{name}: ONNX output shape {ours.shape} != "
+                                 f"Chainer's {theirs.shape}")
         result[name] = {"max_abs": float(np.abs(ours - theirs).max()),
                         "scale": float(np.abs(theirs).max()) if scale is None else scale}
 
@@ -600,10 +602,10 @@ class Timed:
 def ort_variants(runtime, x, points, prefix="ort"):
     """ONNX Runtime variants: ``<prefix>:baseline``; ``<prefix>:call``, a graph that only
     returns its input (the fixed cost of one call); per exit path forced there, with the
-    parts and Python routing (``:exitN``) and with the composed graph (``1g:exitN``);
+    parts and Python routing (``:exitN``) and with the composed graph (``-1g:exitN``);
     the zero-overhead paths (``:exitN_alone``, one straight-line graph each), with the
-    earlier heads (``:exitN_cascade``) and with their scores too (``:exitN_scored``); and every point of ``points`` (name -> thresholds)
-    both ways."""
+    earlier heads (``:exitN_cascade``) and with their scores too (``:exitN_scored``); and
+    every point of ``points`` (name -> thresholds) both ways."""
     from branchynet.timing import forced_exit_thresholds
     zero = np.zeros(1, np.int32)
     call = runtime.call_session()

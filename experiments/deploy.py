@@ -202,7 +202,8 @@ def command_export(args):
                                  for n in ("baseline", "branchynet")},
               "knee_accuracy": sweep["accuracy"][sweep["knee"]]})
     print(f"exported B-{exp.spec.title} ({manifest['n_exits']} exits) and {exp.spec.title} to "
-          f"{args.onnx}: " + ", ".join(sorted(f for f in os.listdir(args.onnx) if f.endswith(".onnx"))))
+          f"{args.onnx}: "
+          + ", ".join(sorted(f for f in os.listdir(args.onnx) if f.endswith(".onnx"))))
     runtime = OnnxBranchyNet(args.onnx)
     parts = compare_parts(exp.branchy, exp.baseline, runtime, x[:100])
     bad_parts = [name for name, d in parts.items()
@@ -305,8 +306,10 @@ def summarise(timings, fractions, costs, n_exits, points, focus):
             return timings.combine({f"{ref}:exit{n + 1}_{'alone' if n == 0 else kind}": f
                                     for n, f in enumerate(fractions)})
         zero, cascade = combine("alone"), combine("cascade")
-        scored = timings.combine({f"{ref}:exit{n + 1}_scored": f for n, f in enumerate(fractions)}) \
-            if f"{ref}:exit1_scored" in timings.rounds_ms else None
+        scored = None
+        if f"{ref}:exit1_scored" in timings.rounds_ms:
+            scored = timings.combine({f"{ref}:exit{n + 1}_scored": f
+                                      for n, f in enumerate(fractions)})
         knee_ms = timings.rounds_ms[f"{key}:{knee_name}"]
         base = timings.rounds_ms[f"{ref}:baseline"]
         r = {
@@ -395,6 +398,12 @@ def format_side_by_side(exp, summary, label, robust=False):
                  "Runtime: the exits' scores computed in the graph, then comparisons and "
                  "routing: If nodes, or Python between the parts)")
     return "\n".join(lines)
+
+
+def _load_text(load):
+    """``'7.5 -> 8.3'``: the 1-minute load average before and after a measurement."""
+    before, after = (load or {}).get("before"), (load or {}).get("after")
+    return f"{before[0]} -> {after[0]}" if before and after else "unknown"
 
 
 def _runtime_line(r, interval):
@@ -564,8 +573,12 @@ def command_time(args):
         "costs": {k: costs[k] for k in ("path_macs", "macs", "head_macs", "baseline_macs")},
         "measurement": m})
     write_csv(os.path.join(args.results, f"deploy_table_{tag}.csv"), rows)
-    plot(os.path.join(args.results, f"tradeoff_deploy_{tag}"), exp, sweep, summary, timings,
-         points, costs, title.split(";")[0])
+    plot(os.path.join(args.results, f"tradeoff_deploy_{tag}"), exp, sweep,
+         robust_focus[focus[0][0]], robust, points, costs,
+         f"B-{exp.spec.title} on {exp.config['dataset']}: Chainer vs ONNX Runtime "
+         f"{onnxruntime.__version__} ({args.ort_device}), {machine['cpu']}, batch size 1; each "
+         f"sample's fastest of {m['rounds']} interleaved rounds, mean over {len(x)} samples "
+         f"(first of each block left out); 1-min load {_load_text(raw.load)}")
     print(f"wrote {stem}.json, deploy_table_{tag}.csv and tradeoff_deploy_{tag}.png/.pdf in "
           f"{args.results}")
     return 1 if any(v["differ_elsewhere"] for v in exits.values()) else 0
