@@ -517,6 +517,11 @@ def command_time(args):
     if not warm_cols.any():
         warm_cols[:] = True
     raw = timings
+    block_start = {}
+    if (~warm_cols).any():
+        block_start = {k: {"first_of_block_us": 1e6 * float(v[:, ~warm_cols].min(axis=0).mean()),
+                           "rest_us": 1e6 * float(v[:, warm_cols].min(axis=0).mean())}
+                       for k, v in raw.seconds.items()}
     timings = Interleaved({k: 1e3 * v[:, warm_cols].mean(axis=1)
                            for k, v in raw.seconds.items()}, int(warm_cols.sum()), raw.load)
     # The same runs, each sample at its fastest round, averaged over samples (the statistic
@@ -553,6 +558,14 @@ def command_time(args):
         print()
         print(format_side_by_side(exp, summary, label))
         print(format_side_by_side(exp, robust_focus[label], label, robust=True))
+    if block_start:
+        worst = max(block_start, key=lambda k: block_start[k]["first_of_block_us"]
+                    / block_start[k]["rest_us"])
+        w = block_start[worst]
+        print(f"left out: the first sample of each block, up to "
+              f"{w['first_of_block_us'] / w['rest_us']:.1f}x slower than the rest of its block "
+              f"({worst}: {w['first_of_block_us']:.1f} vs {w['rest_us']:.1f} us, each sample's "
+              f"fastest round; all variants in the JSON, block_start_effect)")
     differ = {k: v for k, v in exits.items() if v["differ"]}
     print(f"exits and labels vs Chainer on the timed samples: "
           + ("identical at every point" if not differ else
@@ -568,7 +581,7 @@ def command_time(args):
         "statistic": "first sample of every block left out; per-round means (summaries) and "
                      "each sample's fastest round, mean over samples "
                      "(summaries_fastest_round_per_sample)",
-        "raw_measurement": raw.to_json(),
+        "raw_measurement": raw.to_json(), "block_start_effect": block_start,
         "exits_vs_chainer": exits, "points": points, "knee": knee_name,
         "costs": {k: costs[k] for k in ("path_macs", "macs", "head_macs", "baseline_macs")},
         "measurement": m})

@@ -177,7 +177,10 @@ def test_deploy_commands_export_and_time_both_runtimes(lenet_results, capsys):
     assert set(record["summaries"]) == {"knee", "exit mix"}
     mix = record["summaries"]["exit mix"]["exit_fractions"]
     assert mix[0] == pytest.approx(0.7, abs=0.01)  # of all 300 test samples
-    assert record["measurement"]["rounds"] == 2 and record["measurement"]["samples"] == 12
+    # 12 samples in blocks of 4: the first of each block (0, 4, 8) is left out.
+    assert record["raw_measurement"]["rounds"] == 2 and record["raw_measurement"]["samples"] == 12
+    assert record["measurement"]["samples"] == 9
+    assert set(record["block_start_effect"]) == set(record["measurement"]["rounds_ms"])
     # FLOP-ideal gain from the multiply-adds (B-LeNet: 220,150 and 1,140,070 per path).
     f1, f2 = summary["exit_fractions"]
     assert summary["flop_ideal_gain"] == pytest.approx(1_140_070 / (f1 * 220_150 + f2 * 1_140_070))
