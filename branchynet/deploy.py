@@ -7,12 +7,16 @@ with chainer 7.8.1):
 * ``exitK.onnx``: the head of exit K; every exit but the last also outputs the exit's
   entropy score (``score``), computed in the graph, so the decision costs no extra call;
 * ``baseline.onnx``: the baseline (main branch) as one graph;
+* ``early_exit.onnx``: the parts composed into one graph that routes one sample itself
+  (``If`` per exit; batch size 1, entropy);
 * ``manifest.json``: the layer structure, the exits, the thresholds and the criterion.
 
-Every graph takes any batch size (the exporter fixes the traced one; ``_dynamic_batch``
-frees it). ``OnnxBranchyNet`` runs early-exit inference on those graphs with the rule of
+The parts take any batch size (the exporter fixes the traced one; ``_dynamic_batch``
+frees it). ``OnnxBranchyNet`` runs early-exit inference on them with the rule of
 ``branchynet.routing``: a sample leaves at the first exit whose score is strictly below the
 threshold, the last exit takes every sample left; batches are regrouped between exits.
+``ort_variants`` and ``chainer_variants`` are the timing variants of
+``python -m experiments.deploy time`` (see docs/deploy.md).
 """
 import json
 import os

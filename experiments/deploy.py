@@ -197,7 +197,7 @@ def command_export(args):
     manifest = export_bnet(
         exp.branchy, exp.baseline, x, args.onnx, thresholds=knee, criterion=criterion,
         info={"network": exp.spec.name, "title": exp.spec.title,
-              "results": os.path.abspath(args.results),
+              "results": os.path.normpath(args.results),
               "weights_sha256": {n: file_sha256(os.path.join(args.results, f"{n}.npz"))
                                  for n in ("baseline", "branchynet")},
               "knee_accuracy": sweep["accuracy"][sweep["knee"]]})

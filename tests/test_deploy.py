@@ -218,3 +218,23 @@ def test_cuda_provider_is_refused_clearly_without_it():
     else:
         with pytest.raises(DeployError, match="no CUDAExecutionProvider"):
             providers_for("cuda")
+
+
+def test_onnx_mapping_shim_gives_onnx_chainer_its_tables():
+    import onnx
+    from onnx import TensorProto
+    import branchynet._onnx_compat  # noqa: F401
+    assert onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype("float32")] == TensorProto.FLOAT
+    assert onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype("int64")] == TensorProto.INT64
+    assert onnx.mapping.STORAGE_TENSOR_TYPE_TO_FIELD[TensorProto.FLOAT] == "float_data"
+
+
+def test_a_reshape_across_the_batch_axis_is_refused(tmp_path):
+    """The batch size can be freed only where every Reshape keeps axis 0 as the batch."""
+    import chainer.functions as F
+    from branchynet.deploy import export_link
+    flatten_all = chainer.Sequential(lambda h: F.reshape(h, (-1,)))
+    x = np.zeros((3, 2, 4), np.float32)
+    with pytest.raises(DeployError, match="axis 0 is not the batch axis"):
+        export_link(flatten_all, x, str(tmp_path / "bad.onnx"))
+    assert not os.path.exists(tmp_path / "bad.onnx")
