@@ -1,10 +1,10 @@
-"""Make Chainer 7.8.1's bundled ``onnx_chainer`` work with a current ``onnx`` (1.16+).
+"""Make Chainer 7.8.1's bundled ``onnx_chainer`` work with a current ``onnx`` (tested: 1.23.2).
 
 Import this module before ``onnx_chainer``; ``branchynet.deploy`` does. Like
 ``branchynet._compat`` it only adds what is missing and changes nothing that exists.
 
 ``onnx_chainer`` (shipped inside the chainer 7.8.1 distribution) reads two tables from
-``onnx.mapping``, a module onnx deprecated in 1.13 and removed in 1.16:
+``onnx.mapping``, a module onnx deprecated in 1.13 and no longer ships (1.23.2 has none):
 ``NP_TYPE_TO_TENSOR_TYPE`` (export.py, functions/array.py, functions/math.py) and
 ``STORAGE_TENSOR_TYPE_TO_FIELD`` (context.py). This provides that module, built from
 the ``onnx.helper`` functions that replaced it, when onnx no longer has it.
