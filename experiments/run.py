@@ -60,11 +60,14 @@ import numpy as np
 
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
-from branchynet.experiment import Experiment, compare_with_sweep  # noqa: F401  (re-exported)
+from branchynet.datasets import DatasetError
+from branchynet.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid
-from networks import REGISTRY, get_network
+from branchynet.datasets import DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label
+from branchynet.net import BranchyNet
+from networks import ENTRY_POINT_GROUP, REGISTRY, all_names, get_network
 
 
 def _val_size(text):
@@ -87,12 +90,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", default="lenet_mnist", choices=sorted(REGISTRY),
-                        help="network to run (default: %(default)s)")
+    parser.add_argument("--network", default="lenet_mnist", metavar="NAME",
+                        help=f"a registered network ({', '.join(sorted(REGISTRY))}), FILE.py:NAME or "
+                        "package.module:NAME (a NetworkSpec, or a function returning the layer "
+                        "list: then give --dataset; docs/own_network.md), or one an installed "
+                        f"package declares (entry points {ENTRY_POINT_GROUP}); --list-networks "
+                        "shows them all (default: %(default)s)")
+    parser.add_argument("--list-networks", action="store_true",
+                        help="list every network with its exits, parameters and dataset, and exit")
     parser.add_argument("--paper", action="store_true",
                         help="the authors' settings: the paper's dataset, batch size and epochs")
-    parser.add_argument("--dataset", help="dataset name (default: the network's quick dataset, "
-                        "or its paper dataset with --paper)")
+    parser.add_argument("--dataset", help="dataset: " + "; ".join(
+                            f"{k}: {v}" for k, v in DATASET_KINDS.items()) + " (default: the network's quick "
+                        "dataset, or its paper dataset with --paper)")
     parser.add_argument("--data-dir", help="folder with the dataset files "
                         "(default: $BRANCHYNET_DATA, then the per-user cache)")
     parser.add_argument("--preprocess", help="dataset preprocessing, e.g. scale, standardize, "
@@ -148,13 +158,17 @@ def parse_args(argv=None):
                         "baseline's validation accuracy (0: match the baseline)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
-    parser.add_argument("--timing-samples", type=int, default=1000,
-                        help="test samples timed at batch size 1 (0: all; default: %(default)s)")
+    parser.add_argument("--timing-samples", type=int,
+                        help="test samples timed at batch size 1 (0: all; default: 1000, or "
+                        "all when the test set is smaller)")
     parser.add_argument("--timing-rounds", type=int, default=5,
                         help="interleaved timing rounds; every latency is the median over "
                         "rounds, and a gain's interval is the range of its per-round values, "
                         "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
                         "5, 98.4%% for 7 (default: %(default)s)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time again even where timing_<device>.json matches the weights, "
+                        "inputs and machine (e.g. to check that two measurements agree)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",
@@ -166,29 +180,71 @@ def parse_args(argv=None):
                         help="with --from-results: also run DIR's weights on its first N test "
                         "samples and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
+    if args.list_networks:
+        print(list_networks())
+        raise SystemExit(0)
     if args.from_results:
+        if not os.path.isdir(args.from_results):
+            parser.error(f"--from-results {args.from_results!r} is not a folder")
         return args
-    spec = get_network(args.network)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    """Fill the network's defaults into ``args`` and refuse bad values (exit status 2)."""
+    try:
+        args.devices = resolve_devices(args.device or ["@numpy"])
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        spec = get_network(args.network)
+    except ValueError as err:
+        parser.error(str(err))
     preset = spec.paper if args.paper else spec.quick
     args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
-    args.batch_size = args.batch_size if args.batch_size is not None else preset["batch_size"]
-    args.baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else preset["baseline_epochs"]
-    args.branchy_epochs = args.branchy_epochs if args.branchy_epochs is not None else preset["branchy_epochs"]
+    if not args.dataset:
+        parser.error(f"--network {args.network} names no dataset: give --dataset "
+                     f"({', '.join(DATASET_KINDS)})")
+    try:
+        kind = dataset_kind(args.dataset)
+    except DatasetError as err:
+        parser.error(f"--dataset: {err}")
+    if args.preprocess and args.preprocess not in PREPROCESS_CHOICES[kind]:
+        parser.error(f"--preprocess {args.preprocess!r} does not apply to {kind} data; "
+                     f"choose one of {', '.join(PREPROCESS_CHOICES[kind])}")
+    for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
+        if getattr(args, name) is None:
+            setattr(args, name, preset[name])
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (a finished stage is reused "
+                         f"when you run the same --out again; nothing needs 0)")
     for name in ("train_limit", "test_limit"):
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, 0))
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0 (0: all samples)")
+    n_exits = BranchyNet(spec.build()).n_exits
+    if args.loss_weights is not None:
+        weights = np.asarray(args.loss_weights)
+        if len(weights) != n_exits:
+            parser.error(f"--loss-weights: {len(weights)} given, but {spec.name} has "
+                         f"{n_exits} exits: give one weight per exit")
+        if not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
+            parser.error("--loss-weights must be finite and >= 0, at least one > 0 (a "
+                         "negative weight trains that exit to be wrong)")
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
-    args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))
-    if args.timing_samples < 0:
+    args.out = args.out or os.path.join(
+        "results", f"{spec.slug}-{dataset_label(args.dataset, args.data_dir)}"
+        + ("-paper" if args.paper else ""))
+    check_out(parser, args.out)
+    if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
-    for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
-        if getattr(args, name) < (1 if name == "batch_size" else 0):
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not np.isfinite(args.lr) or args.lr <= 0:
+        parser.error("--lr must be a positive number")
     if any(np.isnan(v) or v < 0 for v in args.grid):
         parser.error("--grid values must be >= 0")
     budgets = {"--latency-budget-ms": args.latency_budget_ms,
@@ -206,11 +262,39 @@ def parse_args(argv=None):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
-    try:
-        args.devices = resolve_devices(args.device or ["@numpy"])
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+
+
+def check_out(parser, out):
+    """--out must be a folder, or a new one in a writable place."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--out {out!r} is a file, not a folder: name a folder for the results")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.path.isdir(parent):
+        parent_out = os.path.relpath(parent) if not os.path.isabs(out) else parent
+        parser.error(f"--out {out!r}: {parent_out} is a file, not a folder: name a folder "
+                     f"for the results")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--out {out!r}: {parent} is not writable; choose another --out")
+
+
+def list_networks():
+    """A text table of every network: exits, parameters, dataset."""
+    lines = [f"{'network':<22}{'title':<16}{'exits':>6}{'params':>12}  dataset"]
+    for name in all_names():
+        try:
+            spec = get_network(name)
+            net = BranchyNet(spec.build())
+            params = sum(p.size for p in net.params() if p.array is not None)
+            lazy = any(p.array is None for p in net.params())
+            lines.append(f"{name:<22}{spec.title:<16}{net.n_exits:>6}"
+                         f"{params:>12,}{'+' if lazy else ' '} {spec.dataset or '(give --dataset)'}")
+        except ValueError as err:
+            lines.append(f"{name:<22}(fails to load: {err})")
+    lines.append("+: more parameters whose size is set by the first input (lazy layers). "
+                 "Your own: --network FILE.py:NAME or package.module:NAME.")
+    return "\n".join(lines)
 
 
 def resolve_devices(specifiers):
@@ -267,9 +351,13 @@ def main(argv=None):
     Exits with status 1 when a budget is infeasible (after writing every result).
     """
     args = parse_args(argv)
-    if args.from_results:
-        return recompute(args)
-    summary, infeasible = Experiment(args).run(args.devices)
+    try:
+        if args.from_results:
+            return recompute(args)
+        summary, infeasible = Experiment(args).run(args.devices)
+    except (SettingsError, DatasetError) as err:
+        print(f"python -m experiments.run: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if infeasible:
         raise SystemExit("error: " + "\nerror: ".join(infeasible))
     return summary
