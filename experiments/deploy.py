@@ -15,7 +15,10 @@ frontier points on Chainer and on ONNX Runtime (the parts with Python routing, a
 composed one-call graph), and the zero-overhead paths of both. It prints Table I rows for
 both runtimes and the gains side by side (Chainer, ONNX Runtime, zero-overhead limit,
 FLOP-ideal), and writes deploy_<tag>.json, deploy_table_<tag>.csv and a Fig. 3-style
-plot with both frontiers (tradeoff_deploy_<tag>.png/.pdf) into the results folder.
+plot with both frontiers (tradeoff_deploy_<tag>.png/.pdf) into the results folder. The
+first sample of every block is left out of every figure (it pays for the previous
+variant's caches); figures are given as medians of per-round means and as each sample's
+fastest round, mean over samples (robust to other processes' load). See docs/deploy.md.
 """
 import argparse
 import csv
