@@ -30,6 +30,10 @@ setup(
         # [ctk] brings cuBLAS, cuRAND and NVRTC as wheels (docs/gpu.md). CuPy 13 works too.
         "gpu": ["cupy-cuda12x[ctk]>=13"],
         "gpu-cuda13": ["cupy-cuda13x[ctk]>=13.6"],
+        # ONNX export (the exporter, onnx_chainer, ships inside chainer 7.8.1; it needs
+        # onnx, whose dropped onnx.mapping branchynet/_onnx_compat.py restores) and ONNX
+        # Runtime (docs/deploy.md). The versions tested here, on NumPy 2 and Python 3.11.
+        "deploy": ["onnx==1.23.2", "onnxruntime==1.32.0"],
     },
     entry_points={"console_scripts": ["branchynet-run=experiments.run:cli"]},
 )
