@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         # papermill + ipykernel execute the notebooks in the tests (CI).
-        "test": ["pytest>=7", "papermill>=2.4", "ipykernel>=6", "scipy>=1.10"],
+        # ... and the deploy pins below, so CI runs the ONNX tests too.
+        "test": ["pytest>=7", "papermill>=2.4", "ipykernel>=6", "scipy>=1.10",
+                 "onnx==1.23.2", "onnxruntime==1.32.0"],
         "notebooks": ["jupyterlab>=4", "papermill>=2.4", "ipykernel>=6"],
         # CuPy for a CUDA 12 or a CUDA 13 driver. CuPy 14 wheels carry no CUDA libraries;
         # [ctk] brings cuBLAS, cuRAND and NVRTC as wheels (docs/gpu.md). CuPy 13 works too.
