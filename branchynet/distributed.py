@@ -101,7 +101,9 @@ def on_root(comm, stage, errors=()):
     failure = _bcast(comm, failure)
     if failure is not None:
         kind, message = failure
-        raise kind(message)
+        error = kind(message)
+        error.on_every_rank = True  # every rank stops with it: no MPI_Abort needed
+        raise error
 
 
 def agree(comm, value):
