@@ -133,6 +133,7 @@ def abort(comm, err, code=1):
           f"ending all {comm.size} processes (files are written atomically: nothing "
           f"half-written is left)", file=sys.stderr, flush=True)
     comm.mpi_comm.Abort(code)
+    os._exit(code)  # MPICH may return from MPI_Abort before the launcher kills us
 
 
 # -- used by branchynet.training ---------------------------------------------------------
