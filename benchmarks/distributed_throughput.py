@@ -71,7 +71,9 @@ def parse_args(argv=None):
         args.device = distributed.local_devices([args.device], None)[0]
     else:
         args.device_template = args.device
-    return C.finish_args(args, "distributed_throughput")
+    args = C.finish_args(args, "distributed_throughput")
+    args.dataset = args.dataset or get_network(args.network).quick_dataset
+    return args
 
 
 def argparse_hidden():
@@ -82,8 +84,7 @@ def argparse_hidden():
 def _data(args, root):
     if not root:
         return None
-    spec = get_network(args.network)
-    data = load_dataset(args.dataset or spec.quick_dataset, args.data_dir, seed=args.seed)
+    data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     return chainer.datasets.TupleDataset(data.train_x[:args.samples], data.train_y[:args.samples])
 
 

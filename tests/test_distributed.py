@@ -172,7 +172,8 @@ CALLS = [0]
 
 def fail_on_rank_1(h):
     """Identity, except that training on rank 1 fails in its second epoch."""
-    if chainer.config.train and os.environ.get("PMI_RANK") == "1":
+    rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK"))  # MPICH, Open MPI
+    if chainer.config.train and rank == "1":
         CALLS[0] += 1
         if CALLS[0] > 25:
             raise RuntimeError("injected failure on rank 1")
@@ -196,6 +197,20 @@ def test_a_failing_rank_ends_the_job_cleanly(mpiexec, tmp_path):
                    if os.path.isfile(p))
     assert files == ["baseline/distributed.json", "baseline/log", "baseline/snapshot_epoch_1",
                      "config.json"], files
+
+
+def test_throughput_benchmark(mpiexec, tmp_path):
+    from benchmarks import distributed_throughput
+    doc = distributed_throughput.main([
+        "--ranks", "1", "2", "--batch-size", "32", "--iterations", "2", "--warmup", "1",
+        "--samples", "256", "--repeats", "1", "--out", str(tmp_path / "b.json")])
+    figures = doc["figures"]
+    assert sorted(figures) == ["no_mpi", "strong_1", "strong_2", "weak_1", "weak_2"]
+    assert (figures["strong_2"]["per_rank_batch"], figures["strong_2"]["global_batch"]) == (16, 32)
+    assert figures["weak_2"]["global_batch"] == 64
+    assert all(f["images_per_s"] > 0 for f in figures.values())
+    assert 0 < figures["strong_2"]["allreduce_fraction"] < 1
+    assert json.load(open(tmp_path / "b.json"))["speedup"]["strong"]["1"] == 1.0
 
 
 def test_communicator_without_mpi4py_is_refused(tmp_path):
