@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="global batch (strong scaling) and "
                    "per-process batch (weak scaling)")
     p.add_argument("--iterations", type=int, help="timed steps")
-    p.add_argument("--warmup", type=int, help="untimed steps first")
+    # --warmup (untimed steps first) comes from the common parser.
     p.add_argument("--samples", type=int, help="training images (rank 0 scatters them)")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved rounds; figures are medians (default: %(default)s)")
@@ -190,6 +190,9 @@ def main(argv=None):
         worker(args)
         return None
     report = C.Report("distributed_throughput", args)
+    report.doc["timing_method"] = (f"per setting the median over {args.repeats} "
+                                   "interleaved rounds of (global batch x steps) / wall "
+                                   "seconds between two barriers; every round's value kept")
     report.doc["note"] = ("images/s of joint B-net training steps (forward, backward, "
                           "gradient all-reduce, Adam) between barriers; strong = global "
                           "batch fixed, weak = per-process batch fixed. With R processes on "
