@@ -203,6 +203,16 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Fill the network's defaults into ``args`` and refuse bad values (exit status 2)."""
+    # Devices first (building a network below allocates on Chainer's default device);
+    # with --communicator, each process's own devices ({local_rank}).
+    default = ["@cupy:{local_rank}" if args.communicator in distributed.GPU_COMMUNICATORS
+               else "@numpy"]
+    try:
+        args.comm = distributed.create(args.communicator) if args.communicator else None
+        args.devices = resolve_devices(distributed.local_devices(args.device or default,
+                                                                 args.comm))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         spec = get_network(args.network)
     except ValueError as err:
@@ -268,14 +278,6 @@ def check_args(parser, args):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
-    default = ["@cupy:{local_rank}" if args.communicator in distributed.GPU_COMMUNICATORS
-               else "@numpy"]
-    try:
-        args.comm = distributed.create(args.communicator) if args.communicator else None
-        args.devices = resolve_devices(distributed.local_devices(args.device or default,
-                                                                 args.comm))
-    except ValueError as err:
-        parser.error(str(err))
 
 
 def check_out(parser, out):
