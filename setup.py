@@ -28,6 +28,11 @@ setup(
         "test": ["pytest>=7", "papermill>=2.4", "ipykernel>=6", "scipy>=1.10",
                  "onnx==1.23.2", "onnxruntime==1.32.0"],
         "notebooks": ["jupyterlab>=4", "papermill>=2.4", "ipykernel>=6"],
+        # Data-parallel training (mpiexec ... --communicator NAME, docs/distributed.md):
+        # mpi4py and an MPI library as a wheel (MPICH; its mpiexec lands in the venv's bin),
+        # so no system MPI is needed. Light (two binary wheels, ~15 MB): ./dev.sh installs
+        # it with the test extra. Tested: mpi4py 4.1.2 + mpich 5.0.2, Python 3.11, NumPy 2.4.
+        "distributed": ["mpi4py>=4.1", "mpich>=5"],
         # CuPy for a CUDA 12 or a CUDA 13 driver. CuPy 14 wheels carry no CUDA libraries;
         # [ctk] brings cuBLAS, cuRAND and NVRTC as wheels (docs/gpu.md). CuPy 13 works too.
         "gpu": ["cupy-cuda12x[ctk]>=13"],

@@ -20,7 +20,8 @@ import tempfile
 
 import numpy as np
 
-from branchynet.datasets import info_differences, load_dataset, split_validation
+from branchynet import distributed
+from branchynet.datasets import DatasetError, info_differences, load_dataset, split_validation
 from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee
 from branchynet.io import atomic_path, read_json, write_json
@@ -40,10 +41,12 @@ class SettingsError(ValueError):
 
 
 # Settings that determine the trained weights: a results folder holds one such setting.
+# batch_size is per process; ranks is the number of data-parallel processes (1 without MPI).
 TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
-                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights")
+                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights",
+                 "ranks")
 # Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0}
+TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1}
 # What was read and built, compared when the folder recorded it (older folders did not).
 RECORD_KEYS = ("data_record", "network_structure")
 # Settings of the threshold choice, recorded with each timing so ``derive`` needs no more.
@@ -69,6 +72,8 @@ class Experiment:
 
     def __init__(self, settings, log=print):
         self.s, self.log = settings, log
+        # A ChainerMN communicator (mpiexec ... --communicator NAME), else None.
+        self.comm = getattr(settings, "comm", None)
         self.spec = get_network(settings.network)
         self.out = settings.out
         self.suffix = "" if settings.criterion == "entropy" else f"_{settings.criterion}"
@@ -111,10 +116,12 @@ class Experiment:
     def check_against_data(self):
         """Refuse settings this data cannot serve, before any training."""
         s, d = self.s, self.data
-        if s.batch_size > len(d.train_y):
-            raise SettingsError(f"--batch-size {s.batch_size} is larger than the training set "
-                                f"({len(d.train_y)} samples): use a batch of at most "
-                                f"{len(d.train_y)}, or more training data")
+        ranks = 1 if self.comm is None else self.comm.size
+        if s.batch_size * ranks > len(d.train_y):
+            per_rank = "" if ranks == 1 else f" per rank x {ranks} ranks"
+            raise SettingsError(f"--batch-size {s.batch_size}{per_rank} is larger than the "
+                                f"training set ({len(d.train_y)} samples): use a batch of at "
+                                f"most {len(d.train_y) // ranks}, or more training data")
         if s.timing_samples is None:  # the default: 1000, or every test sample if fewer
             s.timing_samples = min(1000, len(d.test_y))
         if s.timing_samples > len(d.test_y):
@@ -150,7 +157,10 @@ class Experiment:
                               "val": 0 if data.val_y is None else len(data.val_y)},
                   "input_shape": list(data.test_x.shape[1:]),
                   "val_size": s.val_size, "seed": s.seed,
-                  "batch_size": s.batch_size, "baseline_epochs": s.baseline_epochs,
+                  "batch_size": s.batch_size, "ranks": 1 if self.comm is None else self.comm.size,
+                  "global_batch_size": s.batch_size * (1 if self.comm is None else self.comm.size),
+                  "distributed": distributed.record(self.comm, s.batch_size),
+                  "baseline_epochs": s.baseline_epochs,
                   "branchy_epochs": s.branchy_epochs, "lr": s.lr,
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
@@ -212,17 +222,19 @@ class Experiment:
         """Train the baseline, then the B-net from it (each skipped when its npz exists)."""
         self.build_networks()
         self._train_one("baseline", self.baseline, device)
-        if not os.path.exists(self.path("branchynet.npz")):
+        if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
             self.branchy.init_from_baseline(self.baseline)
         self._train_one("branchynet", self.branchy, device)
 
     def _train_one(self, name, net, device):
         s = self.s
         epochs = s.baseline_epochs if name == "baseline" else s.branchy_epochs
-        train_or_load(net, self.path(f"{name}.npz"), self.data.train_x, self.data.train_y,
+        # With MPI only rank 0 holds the data; train() scatters it to the other ranks.
+        x, y = (None, None) if self.data is None else (self.data.train_x, self.data.train_y)
+        train_or_load(net, self.path(f"{name}.npz"), x, y,
                       epochs, s.batch_size, device, log=self.log, seed=s.seed,
                       weights=s.loss_weights if name == "branchynet" else None, lr=s.lr,
-                      progress=not s.no_progress)
+                      progress=not s.no_progress, comm=self.comm)
 
     def weights_key(self):
         return {name: file_sha256(self.path(f"{name}.npz")) for name in ("baseline", "branchynet")}
@@ -568,13 +580,22 @@ class Experiment:
     # -- the whole run ---------------------------------------------------------------------
 
     def run(self, devices):
-        """All stages; returns the summary written to summary.json."""
+        """All stages; returns the summary written to summary.json.
+
+        With a communicator every rank trains, and only rank 0 reads the data, writes the
+        folder and does the rest; the other ranks return ``(None, [])`` after training.
+        """
         from branchynet.report import format_table
-        self.load_data()
-        self.check_folder()
+
+        def prepare():
+            self.load_data()
+            self.check_folder()
+        distributed.on_root(self.comm, prepare, (SettingsError, DatasetError))
         # Training runs on the first GPU requested, else on the CPU.
         train_device = next((d for d in devices if d.xp is not np), devices[0])
         self.train(train_device)
+        if not distributed.is_root(self.comm):
+            return None, []
         self.exit_outputs(train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))

@@ -58,6 +58,7 @@ import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
 import numpy as np
 
+from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
@@ -123,6 +124,15 @@ def parse_args(argv=None):
     parser.add_argument("--device", action="append",
                         help="Chainer device specifier (@numpy, @cupy:0); repeat for several, "
                         "or 'all' for the CPU and every GPU (default: @numpy)")
+    parser.add_argument("--communicator", metavar="NAME", choices=distributed.COMMUNICATORS,
+                        help="data-parallel training over MPI with ChainerMN, one process per "
+                        "device: mpiexec -n N python -m experiments.run ... --communicator "
+                        f"NAME ({', '.join(distributed.COMMUNICATORS)}; naive on CPUs, "
+                        "pure_nccl on GPUs); --batch-size is then per process (the global "
+                        "batch is N times it) and --device may name {local_rank}, e.g. "
+                        "@cupy:{local_rank} (the default with a GPU communicator). Only rank "
+                        "0 writes; sweep, timing and tables run on rank 0 after training "
+                        "(docs/distributed.md)")
     parser.add_argument("--grid", type=float, nargs="+",
                         help="threshold values; the grid is their product over the exits but "
                         "the last (default: the paper's grid for the network with entropy, "
@@ -193,6 +203,16 @@ def parse_args(argv=None):
 
 def check_args(parser, args):
     """Fill the network's defaults into ``args`` and refuse bad values (exit status 2)."""
+    # Devices first (building a network below allocates on Chainer's default device);
+    # with --communicator, each process's own devices ({local_rank}).
+    default = ["@cupy:{local_rank}" if args.communicator in distributed.GPU_COMMUNICATORS
+               else "@numpy"]
+    try:
+        args.comm = distributed.create(args.communicator) if args.communicator else None
+        args.devices = resolve_devices(distributed.local_devices(args.device or default,
+                                                                 args.comm))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         args.devices = resolve_devices(args.device or ["@numpy"])
     except ValueError as err:
@@ -351,13 +371,26 @@ def main(argv=None):
     Exits with status 1 when a budget is infeasible (after writing every result).
     """
     args = parse_args(argv)
+    comm = getattr(args, "comm", None)
+    several = comm is not None and comm.size > 1
     try:
         if args.from_results:
             return recompute(args)
-        summary, infeasible = Experiment(args).run(args.devices)
-    except (SettingsError, DatasetError) as err:
-        print(f"python -m experiments.run: error: {err}", file=sys.stderr)
+        log = print if distributed.is_root(comm) else (lambda *_, **__: None)
+        summary, infeasible = Experiment(args, log).run(args.devices)
+    except (SettingsError, DatasetError, distributed.DistributedError) as err:
+        if several and not getattr(err, "on_every_rank", False):
+            distributed.abort(comm, err, 2)  # the other ranks may wait for this one
+        if distributed.is_root(comm):
+            print(f"python -m experiments.run: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        if several:
+            distributed.abort(comm, err)
+        raise
+    distributed.wait(comm)  # the other ranks sleep here while rank 0 sweeps and times
+    if not distributed.is_root(comm):
+        raise SystemExit(0)
     if infeasible:
         raise SystemExit("error: " + "\nerror: ".join(infeasible))
     return summary
