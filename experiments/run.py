@@ -214,10 +214,6 @@ def check_args(parser, args):
     except ValueError as err:
         parser.error(str(err))
     try:
-        args.devices = resolve_devices(args.device or ["@numpy"])
-    except ValueError as err:
-        parser.error(str(err))
-    try:
         spec = get_network(args.network)
     except ValueError as err:
         parser.error(str(err))
