@@ -36,9 +36,11 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 -<criterion> suffix, so the three can share one results folder.
 """
 import argparse
+import dataclasses
 import hashlib
 import os
 import sys
+import time
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
@@ -59,14 +61,23 @@ from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, Lat
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, default_grid, evaluate_grid,
                               exit_indices, predict_runtime, threshold_grid)
 from branchynet.timing import latency_profile, time_early_exit
-from branchynet.training import train_or_load
+from branchynet.training import (AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES,
+                                 TimeBudgetExhausted, train_or_load)
 from networks import REGISTRY, get_network
 
 # Settings that determine the trained weights: a results folder holds one such setting.
+# ("recipe": optimizer, momentum, weight decay, schedule, warm-up, augmentation, joint-stage
+# rate factor: everything of branchynet.training.Recipe but lr, which is its own key.)
 TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
-                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights")
+                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights",
+                 "recipe")
 # Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0}
+TRAINING_DEFAULTS = {"val_size": 0,
+                     "recipe": {k: v for k, v in RECIPES["paper"].to_dict().items() if k != "lr"}}
+# Exit status when --time-budget stopped training before it finished (run again to continue).
+EXIT_TIME_BUDGET = 3
+# The clock of --time-budget (a module attribute, so tests can stand in for it).
+_clock = time.monotonic
 
 
 def _val_size(text):
@@ -108,7 +119,35 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-epochs", type=int, help="epochs of baseline training (E1)")
     parser.add_argument("--branchy-epochs", type=int, help="epochs of joint training (E2)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
-    parser.add_argument("--lr", type=float, default=0.001, help="Adam step size (default: %(default)s)")
+    parser.add_argument("--lr", type=float,
+                        help="initial learning rate (Adam: its step size alpha; default: the "
+                        "recipe's, 0.001 for paper, 0.1 for fast)")
+    recipe = parser.add_argument_group(
+        "training recipe (--recipe picks one; the flags below change single settings)")
+    recipe.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="paper: the authors' Adam (step 0.001), no schedule, no "
+                        "augmentation (default); fast: SGD with momentum 0.9, weight decay "
+                        "5e-4, 1 warm-up epoch then a cosine schedule from 0.1, random "
+                        "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
+                        "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
+                        "128; see networks/resnet110_cifar10.py)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
+    recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
+    recipe.add_argument("--lr-schedule", choices=SCHEDULES,
+                        help="learning-rate schedule over each stage's epochs")
+    recipe.add_argument("--warmup-epochs", type=float,
+                        help="linear warm-up from lr/10 over this many epochs (0: none)")
+    recipe.add_argument("--augment", choices=AUGMENTATIONS,
+                        help="on-the-fly augmentation of the training images")
+    recipe.add_argument("--joint-lr-factor", type=float,
+                        help="the joint stage's initial rate as a multiple of --lr")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop training after MINUTES of wall-clock time from the start "
+                        "of the run, with a snapshot (mid-epoch too); the run then says so "
+                        f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
+                        "timing; the same command again continues the training exactly "
+                        "where it stopped (a budget may be given again)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -156,8 +195,27 @@ def parse_args(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     spec = get_network(args.network)
-    preset = spec.paper if args.paper else spec.quick
-    args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
+    if args.paper and args.recipe not in (None, "paper"):
+        parser.error(f"--paper trains with the authors' recipe; drop --recipe {args.recipe} "
+                     f"or --paper")
+    fast = args.recipe == "fast"
+    if fast and not spec.fast:
+        parser.error(f"--recipe fast: {spec.name} has no fast preset (networks with one: "
+                     f"{', '.join(sorted(n for n, s in REGISTRY.items() if s.fast))}); "
+                     f"set --optimizer, --lr-schedule, --augment, ... instead")
+    try:
+        args.recipe_obj = _recipe(args)
+    except ValueError as err:
+        parser.error(str(err))
+    args.lr = args.recipe_obj.lr
+    if args.time_budget is not None:
+        if not (np.isfinite(args.time_budget) and args.time_budget > 0):
+            parser.error("--time-budget must be a positive number of minutes")
+        args.deadline = _clock() + 60 * args.time_budget
+    else:
+        args.deadline = None
+    preset = spec.paper if args.paper else spec.fast if fast else spec.quick
+    args.dataset = args.dataset or (spec.dataset if args.paper or fast else spec.quick_dataset)
     args.batch_size = args.batch_size if args.batch_size is not None else preset["batch_size"]
     args.baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else preset["baseline_epochs"]
     args.branchy_epochs = args.branchy_epochs if args.branchy_epochs is not None else preset["branchy_epochs"]
@@ -168,7 +226,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be >= 0 (0: all samples)")
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
-    args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))
+    args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + (
+        "-paper" if args.paper else "-fast" if fast else ""))
     for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
         if getattr(args, name) < (1 if name == "batch_size" else 0):
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -194,6 +253,21 @@ def parse_args(argv=None):
     except ValueError as err:
         parser.error(str(err))
     return args
+
+
+def _recipe(args):
+    """The training recipe: --recipe's (default paper), with the single flags applied."""
+    flags = {"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+             "weight_decay": args.weight_decay, "schedule": args.lr_schedule,
+             "warmup_epochs": args.warmup_epochs, "augment": args.augment,
+             "joint_lr_factor": args.joint_lr_factor}
+    return dataclasses.replace(RECIPES[args.recipe or "paper"],
+                               **{k: v for k, v in flags.items() if v is not None})
+
+
+def recipe_config(args):
+    """The recipe as recorded in config.json (its lr is the key ``lr``)."""
+    return {k: v for k, v in args.recipe_obj.to_dict().items() if k != "lr"}
 
 
 def resolve_devices(specifiers):
@@ -258,12 +332,24 @@ def check_config(out, config):
 
 
 def train_stage(name, net, data, args, device, log):
-    """Train ``net`` unless ``<out>/<name>.npz`` exists; resumable from snapshots."""
+    """Train ``net`` unless ``<out>/<name>.npz`` exists; resumable from snapshots.
+
+    When --time-budget runs out, says where training stopped and exits with
+    ``EXIT_TIME_BUDGET`` (nothing after training runs on a half-trained net).
+    """
     epochs = args.baseline_epochs if name == "baseline" else args.branchy_epochs
-    return train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
-                         data.train_y, epochs, args.batch_size, device, log=log, seed=args.seed,
-                         weights=args.loss_weights if name == "branchynet" else None,
-                         lr=args.lr, progress=not args.no_progress)
+    try:
+        return train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
+                             data.train_y, epochs, args.batch_size, device, log=log,
+                             seed=args.seed, stage=name, recipe=args.recipe_obj,
+                             weights=args.loss_weights if name == "branchynet" else None,
+                             deadline=args.deadline, clock=_clock,
+                             progress=not args.no_progress)
+    except TimeBudgetExhausted as stop:
+        where = f"; snapshot {stop.snapshot}" if stop.snapshot else ""
+        log(f"[{name}] stopped at the time budget after epoch {stop.epoch_detail:.2f} of "
+            f"{stop.epochs}{where}; run again to continue")
+        raise SystemExit(EXIT_TIME_BUDGET) from None
 
 
 def main(argv=None):
@@ -295,6 +381,7 @@ def main(argv=None):
               "val_size": args.val_size, "seed": args.seed,
               "batch_size": args.batch_size, "baseline_epochs": args.baseline_epochs,
               "branchy_epochs": args.branchy_epochs, "lr": args.lr,
+              "recipe": recipe_config(args), "recipe_preset": args.recipe or "paper",
               "loss_weights": args.loss_weights, "paper_preset": args.paper,
               "criterion": args.criterion, "grid": list(args.grid), "inc_amt": args.inc_amt,
               "timing_samples": args.timing_samples, "devices": [str(d) for d in args.devices]}

@@ -137,3 +137,61 @@ def test_train_or_load_saves_nothing_when_the_budget_stops_it(tmp_path):
     assert os.listdir(tmp_path / "baseline") == ["snapshot_epoch_0_iter_1"]
     train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=lambda m: None, progress=False)
     assert os.path.exists(path)
+
+
+# The runner: recipe flags, config, time budget.
+from experiments import run  # noqa: E402
+
+TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "320",
+        "--test-limit", "100", "--baseline-epochs", "1", "--branchy-epochs", "1",
+        "--batch-size", "32", "--timing-samples", "20", "--no-progress"]
+
+
+def test_runner_recipe_flags_and_presets():
+    args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast"])
+    assert args.recipe_obj == FAST_RECIPE and args.lr == 0.1
+    assert (args.batch_size, args.train_limit, args.test_limit) == (128, 0, 0)
+    assert args.dataset == "cifar10" and args.out.endswith("resnet110_cifar10-cifar10-fast")
+    args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast",
+                           "--weight-decay", "1e-4", "--lr-schedule", "step", "--lr", "0.05"])
+    assert args.recipe_obj.weight_decay == 1e-4 and args.recipe_obj.schedule == "step"
+    assert args.lr == 0.05 and args.recipe_obj.augment == "crop-flip"
+    args = run.parse_args(["--network", "lenet_mnist"])
+    assert args.recipe_obj == PAPER_RECIPE and args.lr == 0.001 and args.deadline is None
+    assert run.recipe_config(args) == run.TRAINING_DEFAULTS["recipe"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--paper", "--recipe", "fast"], "--paper trains with the authors' recipe"),
+    (["--recipe", "fast"], "lenet_mnist has no fast preset"),
+    (["--momentum", "1.2"], "momentum must be below 1"),
+    (["--time-budget", "0"], "--time-budget must be a positive number of minutes"),
+    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
+])
+def test_runner_rejects_bad_recipe_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--network", "lenet_mnist"] + argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_runner_stops_at_the_time_budget_and_continues(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    # A clock far in the past when the budget is set: the deadline has passed at once.
+    clock = iter([-1e12])
+    monkeypatch.setattr(run, "_clock", lambda: next(clock, run.time.monotonic()))
+    with pytest.raises(SystemExit) as exited:
+        run.main(TINY + ["--out", out, "--time-budget", "5", "--augment", "crop-flip",
+                         "--weight-decay", "1e-4"])
+    assert exited.value.code == run.EXIT_TIME_BUDGET == 3
+    printed = capsys.readouterr().out
+    assert "[baseline] stopped at the time budget after epoch 0.00 of 1; run again to continue" in printed
+    assert sorted(os.listdir(out)) == ["baseline", "config.json"]  # no weights, no sweep
+    config = run.read_json(os.path.join(out, "config.json"))
+    assert config["recipe"]["augment"] == "crop-flip" and config["recipe"]["weight_decay"] == 1e-4
+    assert config["recipe_preset"] == "paper" and config["lr"] == 0.001
+    # Another recipe in the same folder is refused; the same one (any budget) continues.
+    with pytest.raises(SystemExit, match="holds a run with other settings \\(recipe"):
+        run.main(TINY + ["--out", out])
+    summary = run.main(TINY + ["--out", out, "--time-budget", "30", "--augment", "crop-flip",
+                               "--weight-decay", "1e-4"])
+    assert os.path.exists(os.path.join(out, "branchynet.npz")) and summary["devices"]["cpu"]
