@@ -119,7 +119,7 @@ class Recipe:
 # The authors' recipe (their code: Adam, alpha 0.001, Chainer's other defaults).
 PAPER_RECIPE = Recipe()
 # A standard fast CIFAR recipe (e.g. the ResNet paper's SGD + momentum + weight decay +
-# crop/flip, with a cosine schedule instead of its 164-epoch steps; batch 128 in the
+# crop/flip, with a cosine schedule instead of its 164-epoch steps; batch and rate in the
 # network presets). The joint stage starts from the trained baseline at a tenth of the rate.
 FAST_RECIPE = Recipe(optimizer="momentum-sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                      schedule="cosine", warmup_epochs=1.0, augment="crop-flip", pad=4,

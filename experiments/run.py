@@ -121,16 +121,17 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help="training batch size")
     parser.add_argument("--lr", type=float,
                         help="initial learning rate (Adam: its step size alpha; default: the "
-                        "recipe's, 0.001 for paper, 0.1 for fast)")
+                        "network's fast preset's with --recipe fast, e.g. 0.2 for "
+                        "B-ResNet-110 at batch 256, else the recipe's: 0.001 for paper)")
     recipe = parser.add_argument_group(
         "training recipe (--recipe picks one; the flags below change single settings)")
     recipe.add_argument("--recipe", choices=sorted(RECIPES),
                         help="paper: the authors' Adam (step 0.001), no schedule, no "
                         "augmentation (default); fast: SGD with momentum 0.9, weight decay "
-                        "5e-4, 1 warm-up epoch then a cosine schedule from 0.1, random "
+                        "5e-4, 1 warm-up epoch then a cosine schedule, random "
                         "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
                         "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
-                        "128; see networks/resnet110_cifar10.py)")
+                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
     recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
@@ -203,6 +204,9 @@ def parse_args(argv=None):
         parser.error(f"--recipe fast: {spec.name} has no fast preset (networks with one: "
                      f"{', '.join(sorted(n for n, s in REGISTRY.items() if s.fast))}); "
                      f"set --optimizer, --lr-schedule, --augment, ... instead")
+    preset = spec.paper if args.paper else spec.fast if fast else spec.quick
+    if args.lr is None:
+        args.lr = preset.get("lr")  # a preset's rate (e.g. scaled to its batch size)
     try:
         args.recipe_obj = _recipe(args)
     except ValueError as err:
@@ -214,7 +218,6 @@ def parse_args(argv=None):
         args.deadline = _clock() + 60 * args.time_budget
     else:
         args.deadline = None
-    preset = spec.paper if args.paper else spec.fast if fast else spec.quick
     args.dataset = args.dataset or (spec.dataset if args.paper or fast else spec.quick_dataset)
     args.batch_size = args.batch_size if args.batch_size is not None else preset["batch_size"]
     args.baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else preset["baseline_epochs"]

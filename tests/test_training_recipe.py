@@ -1,5 +1,6 @@
 """Training recipes (optimizer, schedule, augmentation) and time-boxed, resumable training."""
 import itertools
+from dataclasses import replace
 import math
 import os
 
@@ -149,8 +150,9 @@ TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "3
 
 def test_runner_recipe_flags_and_presets():
     args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast"])
-    assert args.recipe_obj == FAST_RECIPE and args.lr == 0.1
-    assert (args.batch_size, args.train_limit, args.test_limit) == (128, 0, 0)
+    assert args.recipe_obj == replace(FAST_RECIPE, lr=0.2) and args.lr == 0.2
+    assert (args.batch_size, args.train_limit, args.test_limit) == (256, 0, 0)
+    assert (args.baseline_epochs, args.branchy_epochs) == (20, 4)
     assert args.dataset == "cifar10" and args.out.endswith("resnet110_cifar10-cifar10-fast")
     args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast",
                            "--weight-decay", "1e-4", "--lr-schedule", "step", "--lr", "0.05"])
