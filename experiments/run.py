@@ -143,6 +143,9 @@ def parse_args(argv=None):
                         help="on-the-fly augmentation of the training images")
     recipe.add_argument("--joint-lr-factor", type=float,
                         help="the joint stage's initial rate as a multiple of --lr")
+    parser.add_argument("--train-only", action="store_true",
+                        help="stop once both networks are trained (no exit outputs, sweep or "
+                        "timing); the same command without it then goes on from the weights")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES",
                         help="stop training after MINUTES of wall-clock time from the start "
                         "of the run, with a snapshot (mid-epoch too); the run then says so "
@@ -342,7 +345,7 @@ def train_stage(name, net, data, args, device, log):
     """
     epochs = args.baseline_epochs if name == "baseline" else args.branchy_epochs
     try:
-        return train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
+        net = train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
                              data.train_y, epochs, args.batch_size, device, log=log,
                              seed=args.seed, stage=name, recipe=args.recipe_obj,
                              weights=args.loss_weights if name == "branchynet" else None,
@@ -353,6 +356,11 @@ def train_stage(name, net, data, args, device, log):
         log(f"[{name}] stopped at the time budget after epoch {stop.epoch_detail:.2f} of "
             f"{stop.epochs}{where}; run again to continue")
         raise SystemExit(EXIT_TIME_BUDGET) from None
+    if name == "branchynet" and args.train_only:
+        log(f"--train-only: both networks are trained ({args.out}/baseline.npz, "
+            f"branchynet.npz); stopping before the sweep")
+        raise SystemExit(0)
+    return net
 
 
 def main(argv=None):

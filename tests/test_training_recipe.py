@@ -197,3 +197,12 @@ def test_runner_stops_at_the_time_budget_and_continues(tmp_path, capsys, monkeyp
     summary = run.main(TINY + ["--out", out, "--time-budget", "30", "--augment", "crop-flip",
                                "--weight-decay", "1e-4"])
     assert os.path.exists(os.path.join(out, "branchynet.npz")) and summary["devices"]["cpu"]
+
+
+def test_runner_train_only_stops_before_the_sweep(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as exited:
+        run.main(TINY + ["--out", out, "--train-only"])
+    assert exited.value.code == 0 and "--train-only: both networks are trained" in capsys.readouterr().out
+    assert {"baseline.npz", "branchynet.npz"} <= set(os.listdir(out))
+    assert not any(n.startswith(("exit_outputs", "table_", "timing_")) for n in os.listdir(out))
