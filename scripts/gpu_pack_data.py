@@ -172,12 +172,10 @@ def tree_mib():
     """MiB of the working tree the device tool sends (tracked + untracked, not ignored)."""
     out = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
                           "--exclude-standard"], capture_output=True, check=True).stdout
-    total = 0
-    for name in filter(None, out.split(b"\0")):
-        path = os.path.join(REPO, os.fsdecode(name))
-        if os.path.isfile(path):
-            total += os.path.getsize(path)
-    return total / MIB
+    paths = {os.path.join(REPO, os.fsdecode(n)) for n in filter(None, out.split(b"\0"))}
+    for folder, _, files in os.walk(os.path.join(REPO, "shared")):  # travels, ignored or not
+        paths.update(os.path.join(folder, f) for f in files)
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / MIB
 
 
 def build_streams(data, state, jobs):
