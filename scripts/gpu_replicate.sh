@@ -36,18 +36,20 @@ MODE=${1:-}
 OUTDIR=${2:-${OUT:-gpu-replicate-out}}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# setuptools 80 warns at Chainer's import of pkg_resources (it is there, pinned <81)
+export PYTHONWARNINGS=${PYTHONWARNINGS:-"ignore:pkg_resources is deprecated:UserWarning"}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}
 case "$MODE" in
     run)
         PYTHON=${PYTHON:-python3}
         TOTAL_S=${TOTAL_S:-525}; SWEEP_S=${SWEEP_S:-150}; PACK_S=${PACK_S:-25}
         BASE=/tmp; RESULTS=$BASE/branchynet-results
-        DEVICE=@cupy:0; PREFIX=gpu-h200; TINY=() ;;
+        DEVICE=@cupy:0; TAG=gpu0; PREFIX=gpu-h200; TINY=() ;;
     dry-run)
         PYTHON=${PYTHON:-python3}
         TOTAL_S=${TOTAL_S:-240}; SWEEP_S=${SWEEP_S:-90}; PACK_S=${PACK_S:-15}
         BASE=$(pwd)/gpu-replicate-dry; RESULTS=$BASE/results
-        DEVICE=@numpy; PREFIX=dry
+        DEVICE=@numpy; TAG=cpu; PREFIX=dry
         # The same runner steps on 200 training images: minutes on a CPU, not results.
         TINY=(--train-limit 200 --test-limit 100 --timing-samples 20 --batch-size 50
               --baseline-epochs 2 --branchy-epochs 1) ;;
@@ -134,6 +136,10 @@ declare -A FLAGS=(
     [lenet]="--network lenet_mnist --paper"
     [alexnet]="--network alexnet_cifar10 --paper"
     [resnet]="--network resnet110_cifar10 --recipe fast")
+# Sweep-only flags (not training settings): B-ResNet-110 times 500 test samples per point at
+# batch size 1 (each ~10 ms of Python and kernel launches on a GPU), the others 1,000.
+declare -A SWEEP_FLAGS=([lenet]="" [alexnet]="" [resnet]="--timing-samples 500")
+[ "$MODE" = dry-run ] && SWEEP_FLAGS[resnet]=""
 declare -A FOLDER=(
     [lenet]="$PREFIX-lenet-mnist-paper"
     [alexnet]="$PREFIX-alexnet-cifar10-paper"
@@ -175,12 +181,16 @@ tail -n 2 "$LOGS/nvrtc.log" | tee -a "$SUMMARY"
 SWEPT=0
 for net in "${NETS[@]}"; do
     [ "${STATUS[$net]}" = 0 ] || continue
+    if [ -e "$RESULTS/${FOLDER[$net]}/table_$TAG.json" ]; then
+        note "sweep $net: already done (table_$TAG.json from an earlier run)"; continue
+    fi
     limit=$(( $(left) - PACK_S ))
     if [ $limit -lt 20 ]; then
         note "sweep $net: not started ($limit s left): run again to measure it"; continue
     fi
     runner $net
-    timeout "$limit" "${CMD[@]}" > "$LOGS/sweep-$net.log" 2>&1
+    # shellcheck disable=SC2086
+    timeout "$limit" "${CMD[@]}" ${SWEEP_FLAGS[$net]} > "$LOGS/sweep-$net.log" 2>&1
     status=$?
     if [ $status = 0 ]; then
         SWEPT=$((SWEPT + 1))
