@@ -35,6 +35,10 @@ setup() {  # setup VENV CONSTRAINTS
             "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
         touch "$stamp"
     fi
+    # `import chainer` before `import branchynet` works too: a start-up hook applies the
+    # NumPy-2 fixes when chainer is imported (branchynet_startup.py; costs nothing before).
+    pth="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-branchynet-startup.pth"
+    [ -f "$pth" ] || echo "import branchynet_startup; branchynet_startup.install()" > "$pth"
 }
 
 command=${1:-demo}

@@ -10,6 +10,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["branchynet", "branchynet.*", "networks", "experiments"]),
+    # The start-up hook dev.sh installs: NumPy-2 fixes whenever chainer is imported first.
+    py_modules=["branchynet_startup"],
     install_requires=[
         "chainer==7.8.1",
         # chainer imports pkg_resources at run time; setuptools 82 removed it.
@@ -18,15 +20,16 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "mlxtend>=0.23",
+        "threadpoolctl>=3",  # BLAS thread settings recorded with every timing
     ],
     extras_require={
         # papermill + ipykernel execute the notebooks in the tests (CI).
-        "test": ["pytest>=7", "papermill>=2.4", "ipykernel>=6"],
+        "test": ["pytest>=7", "papermill>=2.4", "ipykernel>=6", "scipy>=1.10"],
         "notebooks": ["jupyterlab>=4", "papermill>=2.4", "ipykernel>=6"],
         # CuPy for a CUDA 12 or a CUDA 13 driver. CuPy 14 wheels carry no CUDA libraries;
         # [ctk] brings cuBLAS, cuRAND and NVRTC as wheels (docs/gpu.md). CuPy 13 works too.
         "gpu": ["cupy-cuda12x[ctk]>=13"],
         "gpu-cuda13": ["cupy-cuda13x[ctk]>=13.6"],
     },
-    entry_points={"console_scripts": ["branchynet-run=experiments.run:main"]},
+    entry_points={"console_scripts": ["branchynet-run=experiments.run:cli"]},
 )

@@ -154,11 +154,13 @@ class TimeBudgetExhausted(Exception):
     """Training stopped at its wall-clock budget; a snapshot lets a later run continue.
 
     Attributes: ``epoch_detail`` (epochs done, a float), ``epochs`` (the stage's total),
-    ``snapshot`` (the path of the snapshot written, or None when no iteration ran).
+    ``snapshot`` (the path of the snapshot written, or None when no iteration ran),
+    ``stage`` (``'baseline'`` or ``'branchynet'``).
     """
 
-    def __init__(self, epoch_detail, epochs, snapshot):
+    def __init__(self, epoch_detail, epochs, snapshot, stage="baseline"):
         self.epoch_detail, self.epochs, self.snapshot = epoch_detail, epochs, snapshot
+        self.stage = stage
         super().__init__(f"stopped at the time budget after epoch {epoch_detail:.2f} of "
                          f"{epochs}" + (f"; snapshot {snapshot}" if snapshot else
                                         "; no iteration ran"))
@@ -311,7 +313,7 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
             path = os.path.join(out, SNAPSHOT.format(trainer) + f"_iter_{updater.iteration}")
             with atomic_path(path) as tmp:
                 serializers.save_npz(tmp, trainer)
-        raise TimeBudgetExhausted(updater.epoch_detail, epochs, path)
+        raise TimeBudgetExhausted(updater.epoch_detail, epochs, path, stage)
     return trainer.get_extension("LogReport").log
 
 

@@ -297,11 +297,19 @@ def test_synchronised_timing_on_the_gpu(lenet_pair, mnist, monkeypatch):
     # One synchronisation after the warm-up and one inside every measured sample.
     assert len(calls) >= 1 + len(x) and all(d == device for d in calls)
     assert np.isfinite(seconds).all() and (seconds > 0).all()
-    expected_labels, expected_exits = map(host, net.predict(device.send(x), [0.1]))
-    assert (exits == expected_exits).mean() > 0.9 and (labels == expected_labels).mean() > 0.9
+    # The same decisions as the batched sweep, as on the CPU, except for samples scoring
+    # within float32 rounding of the threshold (logits at batch size 1 and 30 may differ
+    # in the last bits): those are counted, and must be all the disagreements.
+    from branchynet.experiment import compare_with_sweep
+    outputs = collect_exit_outputs(net, x, mnist.test_y[:30], device=device)
+    other, borderline = compare_with_sweep(outputs, [0.1], exits)
+    assert other == borderline
+    same = exits == exit_indices(outputs, [[0.1]])[0]
+    np.testing.assert_array_equal(labels[same], outputs.predictions[same, exits[same]])
     paths = exit_path_latency(net, x, device, warmup=3)
     trunk = trunk_latency(net, x, device, warmup=3)
-    assert (paths > 0).all() and (trunk > 0).all() and trunk[1] >= trunk[0]
+    # Trunk only is part of end to end, and the deeper trunk contains the shallower one.
+    assert (trunk < paths).all() and trunk[1] > trunk[0]
 
 
 # ---------------------------------------------------------------------- the runner
@@ -323,9 +331,13 @@ def test_runner_with_device_all_writes_cpu_and_gpu_results(tmp_path, capsys):
     with open(os.path.join(out, "table_gpu0.json")) as f:
         table = json.load(f)
     assert table["machine"]["device"] == GPU and table["machine"]["gpu"]
-    assert table["machine"]["cupy"] and table["timing"]["samples"] == 40
+    assert table["machine"]["cupy"]
+    with open(os.path.join(out, "timing_gpu0.json")) as f:
+        timing = json.load(f)
+    assert timing["measured_on"]["samples"] == 40 and timing["measurement"]["rounds"] == 5
     base, knee = table["rows"]
-    assert base["time_ms"] > 0 and knee["time_ms"] > 0
+    assert base["time_ms"] == pytest.approx(np.median(timing["measurement"]["rounds_ms"]["baseline"]))
+    assert knee["gain_low"] <= knee["gain"] <= knee["gain_high"]
     assert set(summary["devices"]) >= {"cpu", "gpu0"}
 
 
