@@ -136,10 +136,12 @@ declare -A FLAGS=(
     [lenet]="--network lenet_mnist --paper"
     [alexnet]="--network alexnet_cifar10 --paper"
     [resnet]="--network resnet110_cifar10 --recipe fast")
-# Sweep-only flags (not training settings): B-ResNet-110 times 500 test samples per point at
-# batch size 1 (each ~10 ms of Python and kernel launches on a GPU), the others 1,000.
-declare -A SWEEP_FLAGS=([lenet]="" [alexnet]="" [resnet]="--timing-samples 500")
-[ "$MODE" = dry-run ] && SWEEP_FLAGS[resnet]=""
+# Timing flags (not training settings), sized to the minutes left after training: 3
+# interleaved rounds (the runner's default is 5), and B-ResNet-110 on 300 test samples
+# (about 10 ms each at batch size 1 on a GPU, Python and kernel launches), the others 1,000.
+declare -A SWEEP_FLAGS=([lenet]="--timing-rounds 3" [alexnet]="--timing-rounds 3"
+                        [resnet]="--timing-rounds 3 --timing-samples 300")
+[ "$MODE" = dry-run ] && SWEEP_FLAGS[resnet]="--timing-rounds 3"
 declare -A FOLDER=(
     [lenet]="$PREFIX-lenet-mnist-paper"
     [alexnet]="$PREFIX-alexnet-cifar10-paper"
