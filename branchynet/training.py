@@ -367,3 +367,26 @@ def load_weights(path, net):
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Was it saved from another "
             f"network, or from the baseline instead of the B-net (or vice versa)?") from None
     return net
+
+
+def recalibrate_batchnorm(net, x, batch_size=256):
+    """Set BatchNorm running statistics to those of one training batch ("precise BN").
+
+    After a few training iterations the running averages (decay 0.9) are still far from
+    the batch statistics, and in inference mode the activations of a deep ResNet then grow
+    without bound, which distorts timing (huge values, slow float paths). Only the
+    running statistics change; returns whether the network has BatchNorm at all.
+    """
+    layers = [link for link in net.links() if isinstance(link, chainer.links.BatchNormalization)]
+    if not layers:
+        return False
+    decays = [link.decay for link in layers]
+    for link in layers:
+        link.decay = 0.0
+    try:
+        with chainer.using_config("train", True), chainer.no_backprop_mode():
+            net(net.xp.asarray(x[:batch_size]))
+    finally:
+        for link, decay in zip(layers, decays):
+            link.decay = decay
+    return True
