@@ -16,7 +16,7 @@ LZMA'd as is. Decoding is a 2-D cumulative sum and rebuilds every file byte for 
 (about 56% of the raw size: ~104 MB, against 170 MB for the official tar.gz).
 
     # here (where the data and PyPI are), after scripts/gpu_wheelhouse.sh:
-    python scripts/gpu_pack_data.py pack [--data DIR] [--state .gpu-carry/state.tar.gz]
+    python scripts/gpu_pack_data.py pack [--data DIR] [--resume results/gpu-h200-*]
     # prints the device calls: each carries .gpu-carry/callK and runs
     #   python3 scripts/gpu_pack_data.py receive K          (calls 1 .. N-1)
     # and the last one runs scripts/gpu_replicate.sh, which receives call N and assembles:
@@ -178,7 +178,7 @@ def tree_mib():
     return sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / MIB
 
 
-def build_streams(data, state, jobs):
+def build_streams(data, state, jobs, resume=()):
     """The files to carry: [(kind, name, path)], coding CIFAR-10 into .gpu-carry/streams."""
     streams_dir = os.path.join(CARRY, "streams")
     os.makedirs(streams_dir, exist_ok=True)
@@ -213,11 +213,26 @@ def build_streams(data, state, jobs):
     if not found:
         raise PackError(f"no wheels in {wheels}: run scripts/gpu_wheelhouse.sh first")
     streams += [("wheels", n, os.path.join(wheels, n)) for n in found]
+    if state and resume:
+        raise PackError("give --state or --resume, not both")
     if state:
         if not os.path.isfile(state):
             raise PackError(f"--state {state}: no such file (the state.tar.gz that "
                             f"'collect' rebuilt from a device run's parts)")
         streams.append(("state", "state.tar.gz", state))
+    if resume:
+        members = []
+        for folder in resume:
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                raise PackError(f"--resume {folder}: not a results folder (no config.json)")
+            name = os.path.basename(os.path.normpath(folder))
+            members += [(os.path.join(folder, m), os.path.join(name, m))
+                        for m in state_members(folder)]
+        path = os.path.join(streams_dir, "state.tar.gz")
+        _write_atomic(path, _tar_gz(members))
+        print(f"state to resume: {len(members)} files of {len(resume)} folder(s), "
+              f"{os.path.getsize(path) / MIB:.1f} MiB")
+        streams.append(("state", "state.tar.gz", path))
     return streams
 
 
@@ -260,7 +275,7 @@ def pack(args):
         capacity_mib = args.limit_mib
     else:
         capacity_mib = CALL_LIMIT_MIB - tree_mib() - MARGIN_MIB
-    streams = build_streams(args.data, args.state, args.jobs)
+    streams = build_streams(args.data, args.state, args.jobs, args.resume or ())
     manifest = plan_calls(streams, int(capacity_mib * MIB))
     for name in os.listdir(CARRY):
         if name.startswith("call"):
@@ -394,17 +409,22 @@ def state_members(root):
     return keep
 
 
+def _tar_gz(members):
+    """A tar.gz (bytes) of ``(path, name in the archive)`` pairs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        for path, name in members:
+            tar.add(path, arcname=name, recursive=False)
+    return buffer.getvalue()
+
+
 def pack_state(args):
     """Device side: the results folders as state.tar.gz in parts of at most --part-mib,
     plus state.sha256, into --out (what the device tool returns)."""
     members = state_members(args.root)
     if not members:
         raise PackError(f"nothing to return under {args.root}")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        for name in members:
-            tar.add(os.path.join(args.root, name), arcname=name, recursive=False)
-    data = buffer.getvalue()
+    data = _tar_gz([(os.path.join(args.root, m), m) for m in members])
     part = int(args.part_mib * MIB)
     count = (len(data) + part - 1) // part
     if count > args.max_parts:
@@ -446,7 +466,10 @@ def collect(args):
         names = sorted({m.name.split("/")[0] for m in tar.getmembers()})
         tar.extractall(args.results, filter="data")
     print(f"{target} checked; results unpacked into {args.results}/: {', '.join(names)}")
-    print(f"next GPU session: python scripts/gpu_pack_data.py pack --state {os.path.relpath(target)}")
+    folders = " ".join(os.path.relpath(os.path.join(args.results, n)) for n in names)
+    print(f"to continue in a GPU session: python scripts/gpu_pack_data.py pack --resume {folders}\n"
+          f"(or --state {os.path.relpath(target)}; snapshots of unfinished trainings are in "
+          f"those folders' baseline/ and branchynet/, which .gitignore leaves out)")
 
 
 def main(argv=None):
@@ -460,6 +483,9 @@ def main(argv=None):
                    "(default: $BRANCHYNET_DATA, else ../shared/data)")
     p.add_argument("--state", help="state.tar.gz of an earlier device run to resume "
                    "(made by 'collect')")
+    p.add_argument("--resume", nargs="+", metavar="DIR",
+                   help="results folders to continue on the GPU (weights, logs and the "
+                   "newest snapshot of each unfinished training go along)")
     p.add_argument("--limit-mib", type=float,
                    help="MiB carried per call (default: 64 less the working tree and 2)")
     p.add_argument("--jobs", type=int, default=min(6, os.cpu_count() or 1),
@@ -473,8 +499,10 @@ def main(argv=None):
     s = sub.add_parser("pack-state", help="device: results folders -> state.tar.gz parts")
     s.add_argument("root", help="the folder holding the results folders")
     s.add_argument("--out", required=True, help="where the parts go ($OUT)")
-    s.add_argument("--part-mib", type=float, default=15.0)
-    s.add_argument("--max-parts", type=int, default=4)
+    s.add_argument("--part-mib", type=float, default=9.5,
+                   help="part size (default: %(default)s, under the 10 MB a committed file may have)")
+    s.add_argument("--max-parts", type=int, default=5,
+                   help="at most this many parts (default: %(default)s: 8 files come back)")
     c = sub.add_parser("collect", help="here: unpack a device run's returned state")
     c.add_argument("files_at", help="the files_at folder the device tool reported")
     c.add_argument("--results", default=os.path.join(REPO, "results"),

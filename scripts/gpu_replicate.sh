@@ -21,9 +21,10 @@
 #      timings, Table I rows, plots), one after another, each cut at the time left;
 #   4. OUTDIR (default $OUT, else ./gpu-replicate-out) gets at most 8 files: logs.tar.gz
 #      (env, checks, every log), summary.txt, and the results folders with the weights and
-#      the snapshots needed to continue as state.tar.gz.part-NN (<= 15 MiB each, <= 4) with
-#      state.sha256; `scripts/gpu_pack_data.py collect FILES_AT` rebuilds and unpacks them
-#      here, and `pack --state .gpu-carry/state.tar.gz` carries them to the next session.
+#      the snapshots needed to continue as state.tar.gz.part-NN (<= 9.5 MiB each, <= 5)
+#      with state.sha256; `scripts/gpu_pack_data.py collect FILES_AT` rebuilds and unpacks
+#      them into results/ here, and `pack --resume results/gpu-h200-*` carries the folders
+#      to the next session.
 #
 # Time (seconds, environment): TOTAL_S (default 525 on the GPU: the command ends by then),
 # SWEEP_S (time kept for step 3, default 150), PACK_S (default 25). Exit status 0 when the
@@ -137,11 +138,15 @@ declare -A FLAGS=(
     [alexnet]="--network alexnet_cifar10 --paper"
     [resnet]="--network resnet110_cifar10 --recipe fast")
 # Timing flags (not training settings), sized to the minutes left after training: 3
-# interleaved rounds (the runner's default is 5), and B-ResNet-110 on 300 test samples
-# (about 10 ms each at batch size 1 on a GPU, Python and kernel launches), the others 1,000.
-declare -A SWEEP_FLAGS=([lenet]="--timing-rounds 3" [alexnet]="--timing-rounds 3"
+# interleaved rounds (the runner's default is 5) of the baseline, every exit path and every
+# frontier point, on 1,000 test samples for B-LeNet, 500 for B-AlexNet and 300 for
+# B-ResNet-110 (about 10 ms each at batch size 1 on a GPU: Python and kernel launches).
+declare -A SWEEP_FLAGS=([lenet]="--timing-rounds 3"
+                        [alexnet]="--timing-rounds 3 --timing-samples 500"
                         [resnet]="--timing-rounds 3 --timing-samples 300")
-[ "$MODE" = dry-run ] && SWEEP_FLAGS[resnet]="--timing-rounds 3"
+if [ "$MODE" = dry-run ]; then  # the tiny setting's 20 samples
+    SWEEP_FLAGS[alexnet]="--timing-rounds 3"; SWEEP_FLAGS[resnet]="--timing-rounds 3"
+fi
 declare -A FOLDER=(
     [lenet]="$PREFIX-lenet-mnist-paper"
     [alexnet]="$PREFIX-alexnet-cifar10-paper"
