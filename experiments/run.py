@@ -248,7 +248,7 @@ def check_args(parser, args):
                      f"set --optimizer, --lr-schedule, --augment, ... instead")
     preset = spec.paper if args.paper else spec.fast if fast else spec.quick
     if args.lr is None:
-        args.lr = preset.get("lr")  # a preset's rate (e.g. scaled to its batch size)
+        args.lr = (preset or {}).get("lr")  # a preset's rate (e.g. scaled to its batch size)
     elif not np.isfinite(args.lr) or args.lr <= 0:
         parser.error("--lr must be a positive number")
     try:
