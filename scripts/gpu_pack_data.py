@@ -194,10 +194,9 @@ def build_streams(data, state, jobs, resume=()):
         streams.append(("cifar10", name, target))
     if todo:
         print(f"coding {len(todo)} CIFAR-10 file(s) with {jobs} process(es) ...", flush=True)
-        with ProcessPoolExecutor(jobs) as pool:
-            for name, size, coded in pool.map(_encode_and_check, todo):
-                print(f"  {name}: {size:,} -> {coded:,} bytes ({coded / size:.1%}), "
-                      f"round trip checked", flush=True)
+        for name, size, coded in _map(_encode_and_check, todo, jobs):
+            print(f"  {name}: {size:,} -> {coded:,} bytes ({coded / size:.1%}), "
+                  f"round trip checked", flush=True)
     for name, md5 in CIFAR_FILES.items():  # every coded file must be the official one
         if _coded_md5(os.path.join(streams_dir, f"cifar10-{name}.bnc")) != md5:
             raise PackError(f"{name}: md5 differs from the official release; is {folder} "
@@ -234,6 +233,14 @@ def build_streams(data, state, jobs, resume=()):
               f"{os.path.getsize(path) / MIB:.1f} MiB")
         streams.append(("state", "state.tar.gz", path))
     return streams
+
+
+def _map(fn, items, jobs):
+    """``list(map(fn, items))``, in ``jobs`` processes when more than one."""
+    if jobs <= 1 or len(items) <= 1:
+        return list(map(fn, items))
+    with ProcessPoolExecutor(min(jobs, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _coded_md5(path):
@@ -382,8 +389,7 @@ def assemble(args):
     if cifar:
         target = os.path.join(args.data, "cifar10", "cifar-10-batches-py")
         os.makedirs(target, exist_ok=True)
-        with ProcessPoolExecutor(min(len(cifar), os.cpu_count() or 1)) as pool:
-            list(pool.map(_decode_cifar_stream, [(p, target) for p in cifar]))
+        _map(_decode_cifar_stream, [(p, target) for p in cifar], args.jobs)
     print(f"assembled {len(done)} file(s): CIFAR-10 ({len(cifar)} files, md5 = official) "
           f"-> {args.data}/cifar10, MNIST -> {args.data}/mnist, wheels -> {args.wheels}"
           + (f", state -> {args.state}" if any(e['kind'] == 'state' for e in manifest['streams'])
@@ -496,6 +502,8 @@ def main(argv=None):
     a.add_argument("--data", required=True, help="data folder to fill (cifar10/, mnist/)")
     a.add_argument("--wheels", required=True, help="folder for the wheels")
     a.add_argument("--state", required=True, help="folder for the results/state to resume")
+    a.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes decoding CIFAR-10 (default: %(default)s)")
     s = sub.add_parser("pack-state", help="device: results folders -> state.tar.gz parts")
     s.add_argument("root", help="the folder holding the results folders")
     s.add_argument("--out", required=True, help="where the parts go ($OUT)")

@@ -72,3 +72,67 @@ def test_state_members_keep_only_snapshots_needed_to_resume(tmp_path):
     assert kept == ["gpu-h200-x/baseline.npz", "gpu-h200-x/baseline/log",
                     "gpu-h200-x/branchynet/log", "gpu-h200-x/branchynet/snapshot_epoch_3_iter_999",
                     "gpu-h200-x/config.json"]
+
+
+def _module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_pack_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pack_receive_assemble_end_to_end(tmp_path, monkeypatch, capsys):
+    """CIFAR-like batches, MNIST files, wheels and a state folder cut into calls of 0.2 MiB,
+    received call by call and rebuilt byte for byte; a missing call is named."""
+    m = _module()
+    rng = np.random.RandomState(2)
+    data = tmp_path / "data"
+    cifar = data / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    official = {}
+    for name in m.CIFAR_FILES:
+        if name == "batches.meta":
+            raw = pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=4)
+        else:
+            raw = pickle.dumps({b"labels": list(range(30)), b"data": rng.randint(
+                0, 256, size=(30, 3072)).astype(np.uint8), b"filenames": [b"x.png"] * 30}, protocol=4)
+        (cifar / name).write_bytes(raw)
+        official[name] = hashlib.md5(raw).hexdigest()
+    (data / "mnist").mkdir()
+    (data / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(os.urandom(300_000))
+    carry = tmp_path / "carry"
+    (carry / "wheels").mkdir(parents=True)
+    (carry / "wheels" / "pkg-1.0-py3-none-any.whl").write_bytes(os.urandom(1000))
+    run = tmp_path / "results" / "gpu-x"
+    (run / "baseline").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "baseline" / "snapshot_epoch_2_iter_9").write_bytes(os.urandom(50_000))
+    monkeypatch.setattr(m, "CIFAR_FILES", official)
+    monkeypatch.setattr(m, "CARRY", str(carry))
+    monkeypatch.setattr(m, "RECEIVED", str(tmp_path / "device"))
+    assert m.main(["pack", "--data", str(data), "--limit-mib", "0.2", "--jobs", "1",
+                   "--resume", str(run)]) == 0
+    calls = sorted(p.name for p in carry.iterdir() if p.name.startswith("call"))
+    assert len(calls) >= 4
+    for name in calls:
+        assert sum(f.stat().st_size for f in (carry / name).iterdir()
+                   if f.name != "manifest.json") <= 0.2 * 2 ** 20
+    assert m.main(["receive", "1"]) == 0
+    out = tmp_path / "out"
+    args = ["assemble", "--data", str(out / "data"), "--wheels", str(out / "wheels"),
+            "--state", str(out / "results"), "--jobs", "1"]
+    assert m.main(args) == 2
+    assert "repeat those calls" in capsys.readouterr().err
+    for k in range(2, len(calls) + 1):
+        assert m.main(["receive", str(k)]) == 0
+    assert m.main(args) == 0
+    for name in official:
+        assert (out / "data" / "cifar10" / "cifar-10-batches-py" / name).read_bytes() == (cifar / name).read_bytes()
+    assert (out / "wheels" / "pkg-1.0-py3-none-any.whl").read_bytes() == (carry / "wheels" / "pkg-1.0-py3-none-any.whl").read_bytes()
+    assert (out / "results" / "gpu-x" / "baseline" / "snapshot_epoch_2_iter_9").read_bytes() == (run / "baseline" / "snapshot_epoch_2_iter_9").read_bytes()
+    # A chunk damaged in transit is caught when its call is received.
+    chunk = next(f for f in (carry / "call1").iterdir() if f.name != "manifest.json")
+    chunk.write_bytes(b"x" + chunk.read_bytes()[1:])
+    assert m.main(["receive", "1"]) == 2
+    assert "repeat call 1" in capsys.readouterr().err
