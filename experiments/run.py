@@ -235,6 +235,10 @@ def parse_args(argv=None):
 def check_args(parser, args):
     """Fill the network's defaults into ``args`` and refuse bad values (exit status 2)."""
     try:
+        args.devices = resolve_devices(args.device or ["@numpy"])
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         spec = get_network(args.network)
     except ValueError as err:
         parser.error(str(err))
@@ -321,10 +325,6 @@ def check_args(parser, args):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
-    try:
-        args.devices = resolve_devices(args.device or ["@numpy"])
-    except ValueError as err:
-        parser.error(str(err))
 
 
 def _recipe(args):
