@@ -130,6 +130,10 @@ checks() {  # checks SECONDS: 0 passed, 1 failed, 124 cut at the time limit
     [ $tests = 0 ] && [ $nvrtc = 0 ]
 }
 # The checks use the GPU too: they end by the trainings' end (+30 s), before any timing.
+if [ $(( TRAIN_END - $(date +%s) )) -lt 30 ]; then
+    note "error: only $(( TRAIN_END - $(date +%s) )) s left for training after the set-up:" \
+         "raise TOTAL_S or lower SWEEP_S"; exit 2
+fi
 checks $(( TRAIN_END - $(date +%s) + 30 )) & CHECKS_PID=$!
 
 NETS=(lenet alexnet resnet)
