@@ -13,7 +13,9 @@ learning-rate schedule and data augmentation. ``PAPER_RECIPE`` is the authors' (
 step 0.001, Chainer's other defaults, nothing else); ``FAST_RECIPE`` a standard CIFAR
 schedule (SGD with momentum, weight decay, warm-up + cosine, crop + flip, see its note).
 Everything random in a recipe (augmentation) is a function of the seed and the
-iteration, so a resumed run draws the same as an uninterrupted one.
+iteration, so a resumed run draws the same as an uninterrupted one; on a GPU so are the
+dropout masks (CuPy's generator is seeded per iteration), on the CPU NumPy's global state
+travels in the snapshot.
 """
 import dataclasses
 import math
@@ -145,6 +147,11 @@ def crop_flip(x, rng, pad=4):
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def _iteration_seed(seed, iteration):
+    """A 32-bit seed for batch ``iteration`` of a run seeded by ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(iteration), 1]).generate_state(1)[0])
+
+
 def augmentation_rng(seed, iteration):
     """The generator of the augmentation of batch ``iteration`` (same on every resume)."""
     return np.random.default_rng([int(seed), int(iteration)])
@@ -182,6 +189,10 @@ class _RecipeUpdater(training.updaters.StandardUpdater):
         progress = self.iteration * iterator.batch_size / self.n_train
         setattr(optimizer, self.rate_name,
                 self.recipe.learning_rate(progress, self.epochs, self.stage_lr))
+        if self.input_device.xp is not np:
+            # CuPy's generator (dropout masks on a GPU) cannot go into a snapshot: seed it
+            # from (seed, iteration), so a resumed run draws the masks an uninterrupted one does.
+            self.input_device.xp.random.seed(_iteration_seed(self.seed, self.iteration))
         x, y = concat_examples(iterator.next())
         if self.recipe.augment == "crop-flip":
             x = crop_flip(x, augmentation_rng(self.seed, self.iteration), self.recipe.pad)
