@@ -189,7 +189,7 @@ grep -E "$pattern" "$LOGS/pytest.log" | head -n 20 | tee -a "$SUMMARY"
 tail -n 2 "$LOGS/nvrtc.log" | tee -a "$SUMMARY"
 
 # 3. Sweeps and batch-size-1 timings on the quiet GPU, for what finished training.
-SWEPT=0
+SWEPT=0; SWEEP_FAILED=0
 for net in "${NETS[@]}"; do
     [ "${STATUS[$net]}" = 0 ] || continue
     if [ -e "$RESULTS/${FOLDER[$net]}/table_$TAG.json" ]; then
@@ -208,6 +208,7 @@ for net in "${NETS[@]}"; do
         note "sweep $net: done"
         sed -n '/^Table I rows/,/^$/p' "$LOGS/sweep-$net.log" | head -n 8 | tee -a "$SUMMARY"
     else
+        [ $status = 124 ] || SWEEP_FAILED=1
         note "sweep $net: $([ $status = 124 ] && echo "cut at the time limit (resumes next run)" \
             || echo "FAILED with status $status"):"; tail -n 8 "$LOGS/sweep-$net.log" | tee -a "$SUMMARY"
     fi
@@ -222,4 +223,5 @@ for net in "${NETS[@]}"; do
     case ${STATUS[$net]} in 0) ;; 3) [ $result = 0 ] && result=3 ;; *) result=1 ;; esac
 done
 case $CHECKS in 0|124) ;; *) result=1 ;; esac
+[ $SWEEP_FAILED = 0 ] || result=1
 exit $result
