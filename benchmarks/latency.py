@@ -25,7 +25,8 @@ For one network and device, at batch size 1 over the first --timing-samples test
 
 All of these are variants of one ``branchynet.timing.interleave`` measurement:
 --timing-rounds rounds, and within a round every variant runs on a block of --block
-samples before the next block, in a rotated order, so a change in the machine's load hits
+samples before the next block, in a random order after one untimed warm-up call each (the
+first call after a switch is slower), so a change in the machine's load hits
 all of them alike. Each figure is the median over the rounds of the per-round mean, with
 its quartiles; a gain or an overhead is computed round by round (paired) and reported as
 the median with the [min, max] of the per-round values (n.s. when that interval includes

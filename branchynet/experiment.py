@@ -743,7 +743,8 @@ class Experiment:
 TIMING_BLOCK = 10
 TIMING_RULE = ("end to end at batch size 1; every figure is the median over interleaved "
                "rounds of the per-round mean; within a round, blocks of 10 samples see "
-               "every variant in a rotated order; gains are paired per round")
+               "every variant in a random order, each after one untimed warm-up call; "
+               "gains are paired per round")
 
 ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q3_ms", "gain",
             "gain_low", "gain_high", "gain_significant", "thresholds", "exit_percent",

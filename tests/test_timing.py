@@ -7,7 +7,7 @@ from branchynet.timing import (Interleaved, check_point, check_trunks, interleav
                                interval_coverage)
 
 
-def test_interleave_alternates_variants_per_block_and_rotates_their_order():
+def test_interleave_alternates_variants_per_block_in_varying_order_after_a_warm_call():
     calls = []
 
     def variant(name):
@@ -16,16 +16,23 @@ def test_interleave_alternates_variants_per_block_and_rotates_their_order():
             return {"a": 0.001, "b": 0.002, "c": 0.004}[name]
         return run
 
-    t = interleave({n: variant(n) for n in "abc"}, n_samples=4, rounds=2, block=2, warmup=1)
+    t = interleave({n: variant(n) for n in "abc"}, n_samples=40, rounds=2, block=4, warmup=1)
     # Warm-up: every variant once on sample 0, untimed.
     assert calls[:3] == [("a", 0), ("b", 0), ("c", 0)]
-    timed = calls[3:]
-    # Round 1, block 1 (samples 0-1): a, b, c; block 2 starts with b; round 2 goes on rotating.
-    assert timed[:6] == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("c", 0), ("c", 1)]
-    assert timed[6:12] == [("b", 2), ("b", 3), ("c", 2), ("c", 3), ("a", 2), ("a", 3)]
-    assert timed[12:14] == [("c", 0), ("c", 1)]
-    assert len(timed) == 3 * 4 * 2  # every variant, sample and round exactly once
-    assert t.rounds == 2 and t.samples == 4
+    runs = [calls[k:k + 5] for k in range(3, len(calls), 5)]
+    assert len(runs) == 2 * 10 * 3  # rounds x blocks x variants
+    for run in runs:
+        # One variant at a time: an untimed call on the block's first sample, then the
+        # block's 4 samples.
+        name, first = run[0]
+        assert run == [(name, first)] + [(name, first + k) for k in range(4)]
+    # Every variant, sample and round timed exactly once.
+    timed = sorted(c for run in runs for c in run[1:])
+    assert timed == sorted((n, i) for n in "abc" for i in range(40) for _ in range(2))
+    # The order within blocks varies, so no variant always follows the same one.
+    orders = {tuple(run[0][0] for run in runs[k:k + 3]) for k in range(0, len(runs), 3)}
+    assert len(orders) > 2
+    assert t.rounds == 2 and t.samples == 40
     assert t.stats("c") == pytest.approx({"median_ms": 4, "q1_ms": 4, "q3_ms": 4,
                                           "min_ms": 4, "max_ms": 4})
     assert t.ratio("c", "a") == {"median": 4.0, "low": 4.0, "high": 4.0, "significant": True}
