@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
                               predict_runtime, threshold_grid)
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary)
-from branchynet.training import train_or_load
+from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from networks import get_network
 
 class SettingsError(ValueError):
@@ -42,11 +43,14 @@ class SettingsError(ValueError):
 
 # Settings that determine the trained weights: a results folder holds one such setting.
 # batch_size is per process; ranks is the number of data-parallel processes (1 without MPI).
+# ("recipe": optimizer, momentum, weight decay, schedule, warm-up, augmentation, joint-stage
+# rate factor: everything of branchynet.training.Recipe but lr, which is its own key.)
 TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
                  "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights",
-                 "ranks")
+                 "ranks", "recipe")
 # Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1}
+TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1,
+                     "recipe": {k: v for k, v in PAPER_RECIPE.to_dict().items() if k != "lr"}}
 # What was read and built, compared when the folder recorded it (older folders did not).
 RECORD_KEYS = ("data_record", "network_structure")
 # Settings of the threshold choice, recorded with each timing so ``derive`` needs no more.
@@ -162,6 +166,8 @@ class Experiment:
                   "distributed": distributed.record(self.comm, s.batch_size),
                   "baseline_epochs": s.baseline_epochs,
                   "branchy_epochs": s.branchy_epochs, "lr": s.lr,
+                  "recipe": {k: v for k, v in self.recipe().to_dict().items() if k != "lr"},
+                  "recipe_preset": getattr(s, "recipe", None) or "paper",
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
@@ -226,14 +232,23 @@ class Experiment:
             self.branchy.init_from_baseline(self.baseline)
         self._train_one("branchynet", self.branchy, device)
 
+    def recipe(self):
+        """The training recipe: the runner's (``recipe_obj``), else the paper's at ``lr``."""
+        return getattr(self.s, "recipe_obj", None) or Recipe(lr=self.s.lr)
+
     def _train_one(self, name, net, device):
+        """Train one stage; ``TimeBudgetExhausted`` propagates when the settings' deadline
+        (``deadline``, a ``clock`` value) stops it, leaving a snapshot to continue from."""
         s = self.s
         epochs = s.baseline_epochs if name == "baseline" else s.branchy_epochs
         # With MPI only rank 0 holds the data; train() scatters it to the other ranks.
         x, y = (None, None) if self.data is None else (self.data.train_x, self.data.train_y)
         train_or_load(net, self.path(f"{name}.npz"), x, y,
                       epochs, s.batch_size, device, log=self.log, seed=s.seed,
-                      weights=s.loss_weights if name == "branchynet" else None, lr=s.lr,
+                      weights=s.loss_weights if name == "branchynet" else None,
+                      recipe=self.recipe(), stage=name,
+                      deadline=getattr(s, "deadline", None),
+                      clock=getattr(s, "clock", time.monotonic),
                       progress=not s.no_progress, comm=self.comm)
 
     def weights_key(self):
@@ -596,6 +611,10 @@ class Experiment:
         self.train(train_device)
         if not distributed.is_root(self.comm):
             return None, []
+        if getattr(self.s, "train_only", False):
+            self.log(f"--train-only: both networks are trained ({self.out}/baseline.npz, "
+                     f"branchynet.npz); stopping before the exit outputs and the sweep")
+            return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))

@@ -51,8 +51,10 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 -<criterion> suffix, so the three can share one results folder.
 """
 import argparse
+import dataclasses
 import os
 import sys
+import time
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
@@ -68,7 +70,14 @@ from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid
 from branchynet.datasets import DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label
 from branchynet.net import BranchyNet
+from branchynet.training import (AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES,
+                                 TimeBudgetExhausted)
 from networks import ENTRY_POINT_GROUP, REGISTRY, all_names, get_network
+
+# Exit status when --time-budget stopped training before it finished (run again to continue).
+EXIT_TIME_BUDGET = 3
+# The clock of --time-budget (a module attribute, so tests can stand in for it).
+_clock = time.monotonic
 
 
 def _val_size(text):
@@ -117,7 +126,39 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-epochs", type=int, help="epochs of baseline training (E1)")
     parser.add_argument("--branchy-epochs", type=int, help="epochs of joint training (E2)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
-    parser.add_argument("--lr", type=float, default=0.001, help="Adam step size (default: %(default)s)")
+    parser.add_argument("--lr", type=float,
+                        help="initial learning rate (Adam: its step size alpha; default: the "
+                        "network's fast preset's with --recipe fast, e.g. 0.2 for "
+                        "B-ResNet-110 at batch 256, else the recipe's: 0.001 for paper)")
+    recipe = parser.add_argument_group(
+        "training recipe (--recipe picks one; the flags below change single settings)")
+    recipe.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="paper: the authors' Adam (step 0.001), no schedule, no "
+                        "augmentation (default); fast: SGD with momentum 0.9, weight decay "
+                        "5e-4, 1 warm-up epoch then a cosine schedule, random "
+                        "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
+                        "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
+                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
+    recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
+    recipe.add_argument("--lr-schedule", choices=SCHEDULES,
+                        help="learning-rate schedule over each stage's epochs")
+    recipe.add_argument("--warmup-epochs", type=float,
+                        help="linear warm-up from lr/10 over this many epochs (0: none)")
+    recipe.add_argument("--augment", choices=AUGMENTATIONS,
+                        help="on-the-fly augmentation of the training images")
+    recipe.add_argument("--joint-lr-factor", type=float,
+                        help="the joint stage's initial rate as a multiple of --lr")
+    parser.add_argument("--train-only", action="store_true",
+                        help="stop once both networks are trained (no exit outputs, sweep or "
+                        "timing); the same command without it then goes on from the weights")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop training after MINUTES of wall-clock time from the start "
+                        "of the run, with a snapshot (mid-epoch too); the run then says so "
+                        f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
+                        "timing; the same command again continues the training exactly "
+                        "where it stopped (a budget may be given again)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -217,8 +258,35 @@ def check_args(parser, args):
         spec = get_network(args.network)
     except ValueError as err:
         parser.error(str(err))
-    preset = spec.paper if args.paper else spec.quick
-    args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
+    if args.paper and args.recipe not in (None, "paper"):
+        parser.error(f"--paper trains with the authors' recipe; drop --recipe {args.recipe} "
+                     f"or --paper")
+    fast = args.recipe == "fast"
+    if fast and not spec.fast:
+        parser.error(f"--recipe fast: {spec.name} has no fast preset (networks with one: "
+                     f"{', '.join(sorted(n for n, s in REGISTRY.items() if s.fast))}); "
+                     f"set --optimizer, --lr-schedule, --augment, ... instead")
+    preset = spec.paper if args.paper else spec.fast if fast else spec.quick
+    if args.lr is None:
+        args.lr = (preset or {}).get("lr")  # a preset's rate (e.g. scaled to its batch size)
+    elif not np.isfinite(args.lr) or args.lr <= 0:
+        parser.error("--lr must be a positive number")
+    try:
+        args.recipe_obj = _recipe(args)
+    except ValueError as err:
+        parser.error(str(err))
+    args.lr = args.recipe_obj.lr
+    if args.time_budget is not None:
+        if args.communicator:
+            parser.error("--time-budget does not work with --communicator yet (each rank "
+                         "would stop at its own iteration); leave one of them out")
+        if not (np.isfinite(args.time_budget) and args.time_budget > 0):
+            parser.error("--time-budget must be a positive number of minutes")
+        args.deadline = _clock() + 60 * args.time_budget
+    else:
+        args.deadline = None
+    args.clock = _clock
+    args.dataset = args.dataset or (spec.dataset if args.paper or fast else spec.quick_dataset)
     if not args.dataset:
         parser.error(f"--network {args.network} names no dataset: give --dataset "
                      f"({', '.join(DATASET_KINDS)})")
@@ -253,14 +321,12 @@ def check_args(parser, args):
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
     args.out = args.out or os.path.join(
         "results", f"{spec.slug}-{dataset_label(args.dataset, args.data_dir)}"
-        + ("-paper" if args.paper else ""))
+        + ("-paper" if args.paper else "-fast" if fast else ""))
     check_out(parser, args.out)
     if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
-    if not np.isfinite(args.lr) or args.lr <= 0:
-        parser.error("--lr must be a positive number")
     if any(np.isnan(v) or v < 0 for v in args.grid):
         parser.error("--grid values must be >= 0")
     budgets = {"--latency-budget-ms": args.latency_budget_ms,
@@ -278,6 +344,16 @@ def check_args(parser, args):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
+
+
+def _recipe(args):
+    """The training recipe: --recipe's (default paper), with the single flags applied."""
+    flags = {"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+             "weight_decay": args.weight_decay, "schedule": args.lr_schedule,
+             "warmup_epochs": args.warmup_epochs, "augment": args.augment,
+             "joint_lr_factor": args.joint_lr_factor}
+    return dataclasses.replace(RECIPES[args.recipe or "paper"],
+                               **{k: v for k, v in flags.items() if v is not None})
 
 
 def check_out(parser, out):
@@ -380,6 +456,12 @@ def main(argv=None):
         if distributed.is_root(comm):
             print(f"python -m experiments.run: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TimeBudgetExhausted as stop:
+        if distributed.is_root(comm):
+            where = f"; snapshot {stop.snapshot}" if stop.snapshot else ""
+            print(f"[{stop.stage}] stopped at the time budget after epoch "
+                  f"{stop.epoch_detail:.2f} of {stop.epochs}{where}; run again to continue")
+        raise SystemExit(EXIT_TIME_BUDGET) from None
     except Exception as err:
         if several:
             distributed.abort(comm, err)

@@ -42,6 +42,8 @@ class NetworkSpec:
         quick: quick defaults of the same keys, for a run of minutes on a CPU, optionally
             with ``train_limit``/``test_limit`` (the first N samples only).
         dataset_options: options passed to the dataset loader (e.g. preprocessing).
+        fast: the preset of ``--recipe fast`` (same keys as ``paper``, on the paper's
+            dataset), empty for networks without one.
     """
     name: str
     title: str
@@ -53,6 +55,7 @@ class NetworkSpec:
     paper: dict = None
     quick: dict = None
     dataset_options: dict = field(default_factory=dict)
+    fast: dict = field(default_factory=dict)
 
     @property
     def slug(self):

@@ -339,3 +339,36 @@ def test_runner_with_device_all_writes_cpu_and_gpu_results(tmp_path, capsys):
     assert base["time_ms"] == pytest.approx(np.median(timing["measurement"]["rounds_ms"]["baseline"]))
     assert knee["gain_low"] <= knee["gain"] <= knee["gain_high"]
     assert set(summary["devices"]) >= {"cpu", "gpu0"}
+
+
+def test_fast_recipe_on_the_gpu_stops_at_the_budget_and_resumes_alike(tmp_path):
+    """MomentumSGD's and WeightDecay's kernels, the cosine schedule, host-side crop+flip
+    feeding the GPU, dropout masks seeded per iteration: a run stopped mid-epoch by its
+    budget and resumed ends where an uninterrupted one does (up to GPU rounding)."""
+    import itertools
+    from branchynet.training import Recipe, TimeBudgetExhausted
+    from test_training_recipe import _data, _tiny_net
+    device = chainer.get_device(GPU)
+    x, y = _data()
+    recipe = Recipe(optimizer="momentum-sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
+                    warmup_epochs=0.5, augment="crop-flip", pad=2)
+    np.random.seed(0)
+    whole = _tiny_net()
+    log = train(whole, x, y, 3, 20, str(tmp_path / "whole"), device, recipe=recipe, seed=3,
+                progress=False)
+    np.random.seed(0)
+    cut = _tiny_net()
+    ticks = itertools.count()
+    with pytest.raises(TimeBudgetExhausted) as stopped:
+        train(cut, x, y, 3, 20, str(tmp_path / "cut"), device, recipe=recipe, seed=3,
+              progress=False, time_budget_s=7, clock=lambda: next(ticks))
+    assert 1 < stopped.value.epoch_detail < 2
+    np.random.seed(99)
+    resumed = _tiny_net()
+    log2 = train(resumed, x, y, 3, 20, str(tmp_path / "cut"), device, recipe=recipe, seed=3,
+                 progress=False)
+    assert log2[-1]["main/loss"] == pytest.approx(log[-1]["main/loss"], rel=1e-4)
+    expected = dict(whole.namedparams())
+    for name, param in resumed.namedparams():
+        np.testing.assert_allclose(host(param.array), host(expected[name].array),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
