@@ -30,6 +30,10 @@ and checks the result is identical to the folder's CSVs (exit status 1 if not);
 --verify-outputs N also runs the folder's weights on the first N test samples (this needs
 the data) and checks they reproduce the committed exit outputs.
 
+Exit status: 0 done; 1 a budget no T meets (everything is still written) or a
+--from-results mismatch; 2 bad input (named, before any work); 3 --time-budget reached
+(run the same command again to continue).
+
 Choosing T without the test set (--val-size N): N training samples (seeded by --seed; their
 positions are saved in val_index.npy) are held out as a validation split and the networks
 train on the rest. Every exit also runs once over the validation split, exit paths are
