@@ -1,0 +1,584 @@
+"""Side by side with the authors' code: same weights, same outputs, both clocks.
+
+    python -m experiments.authors --authors-repo ~/src/branchynet --network lenet_mnist
+
+sets up (or reuses) the authors' Python 2.7 environment from their ``requirements.txt``,
+takes one set of weights into both implementations (their ``.bn`` model with ``--model``,
+ours with ``--weights``, or their own initialisation, optionally trained by their code
+with ``--authors-train``), and prints and writes (``--out``):
+
+* equivalence: every exit's logits and entropies, the baseline's logits, exit decisions,
+  accuracy and exit counts at the paper's thresholds (their ``test()`` at batch size 1
+  against ours);
+* training: loss of N Adam steps on the same minibatches, baseline phase and joint phase;
+* timing (``--timing-samples``): LeNet and the B-net at T and at each forced exit, their
+  reported time (trunk only), their wall clock, our end-to-end and trunk-only time,
+  interleaved; and (``--epoch-rounds``) one training epoch, theirs against ours.
+
+The weights cross both ways (``theirs_as_ours_*.npz``, ``ours_as_theirs.bn``).
+See docs/authors.md.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import branchynet  # noqa: F401  (Chainer compatibility fixes first)
+import chainer
+import numpy as np
+
+from branchynet import authors as A
+from branchynet.io import write_json, write_text
+from branchynet.net import Branch, BranchyNet
+from branchynet.paper import TABLE_I
+from networks import REGISTRY, get_network
+
+NEAR = 1e-6  # a sample this close to a threshold may leave elsewhere by float rounding
+LOGIT_RTOL = 1e-5  # logits agree within this fraction of the largest |logit| (float32)
+ENTROPY_ATOL = 1e-5
+LOSS_RTOL = 1e-4
+FIXTURE_SAMPLES = 300
+
+
+def paper_thresholds(spec):
+    """The paper's knee T (Table I, CPU) for the network of ``spec``."""
+    for dev, network, _, _, _, thresholds, _ in TABLE_I:
+        if dev == "cpu" and network == "B-" + spec.title:
+            return list(thresholds)
+    raise ValueError(f"no paper thresholds for {spec.name}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.authors", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--authors-repo", required=True, metavar="PATH",
+                   help="your checkout of github.com/kunglab/branchynet")
+    p.add_argument("--python2", metavar="PATH",
+                   help="Python 2.7 interpreter for their environment (default: python2.7 on "
+                        "PATH, else pyenv's 2.7)")
+    p.add_argument("--env", metavar="DIR",
+                   help=f"their virtualenv, created if missing (default {A.default_env_dir()})")
+    p.add_argument("--network", default="lenet_mnist", choices=sorted(REGISTRY))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="FILE.bn",
+                     help="a model trained and dill-saved by their code (theirs -> ours)")
+    src.add_argument("--weights", metavar="NPZ",
+                     help="our B-net weights (e.g. results/.../branchynet.npz; ours -> theirs)")
+    p.add_argument("--baseline-weights", metavar="NPZ",
+                   help="with --weights: our baseline weights for their main network "
+                        "(default: the B-net's trunk and final exit)")
+    p.add_argument("--authors-train", nargs=2, type=int, default=(0, 0),
+                   metavar=("BASELINE", "JOINT"),
+                   help="without --model/--weights: train their initialised model with their "
+                        "utils.train for these epochs (batch 512) first")
+    p.add_argument("--seed", type=int, default=0, help="seed of their initialisation")
+    p.add_argument("--data-dir", help="dataset folder (else $BRANCHYNET_DATA, the cache)")
+    p.add_argument("--test-samples", type=int, default=1000,
+                   help="test images compared (the first N of the test set)")
+    p.add_argument("--route-samples", type=int,
+                   help="of those, routed one by one through their test() (default: all)")
+    p.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                   help="threshold vector for the exit decisions (default: the paper's)")
+    p.add_argument("--train-steps", type=int,
+                   help="Adam steps for the training check (default 5 for lenet_mnist, else 0)")
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--timing-samples", type=int, default=0,
+                   help="test images timed at batch size 1 (0: no timing)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--epoch-rounds", type=int, default=0,
+                   help="rounds of one training epoch (batch 512, full training set), theirs "
+                        "and ours alternating (0: none)")
+    p.add_argument("--out", help="results folder (default results/authors-<network>)")
+    p.add_argument("--write-fixture", metavar="DIR",
+                   help="also write the CI fixture (their weights, outputs, losses) to DIR")
+    args = p.parse_args(argv)
+    for name in ("test_samples", "timing_samples", "rounds", "train_batch"):
+        if getattr(args, name) < (1 if name in ("test_samples", "rounds", "train_batch") else 0):
+            p.error(f"--{name.replace('_', '-')} is too small")
+    if args.baseline_weights and not args.weights:
+        p.error("--baseline-weights goes with --weights")
+    if (args.model or args.weights) and any(args.authors_train):
+        p.error("--authors-train trains their own initialisation: not with --model/--weights")
+    if args.train_steps is None:
+        args.train_steps = 5 if args.network == "lenet_mnist" else 0
+    for name in ("model", "weights", "baseline_weights"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            p.error(f"--{name.replace('_', '-')} {path}: no such file")
+    args.out = args.out or os.path.join("results", f"authors-{args.network}")
+    return args
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def _save_npz(path, **arrays):
+    A.save_interchange(path, arrays)
+
+
+def _our_nets(spec, arrays):
+    net = A.from_interchange(BranchyNet(spec.build()), arrays, "branchy")
+    baseline = A.from_interchange(BranchyNet(spec.build(), main_only=True), arrays, "main")
+    return net, baseline
+
+
+def _batched_logits(net, x, batch=100):
+    parts = [net.predict_all_exits(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[n] for p in parts]) for n in range(net.n_exits)]
+
+
+def equivalence(their, spec, net, baseline, x, y, route_n, thresholds, work):
+    """Logits, entropies and exit decisions of both on the same weights and images."""
+    _save_npz(os.path.join(work, "test.npz"), x=x, y=y)
+    their.call("outputs", x=os.path.join(work, "test.npz"),
+               out=os.path.join(work, "their_outputs.npz"))
+    theirs = A.load_interchange(os.path.join(work, "their_outputs.npz"))
+    ours = _batched_logits(net, x)
+    ours_main = _batched_logits(baseline, x)[0]
+    result = {"samples": int(len(x)), "exits": []}
+    for n in range(net.n_exits):
+        z = theirs[f"logits{n + 1}"]
+        e_ours, e_theirs = A.our_entropies(ours[n]), theirs[f"entropy{n + 1}"]
+        row = A.compare_logits(ours[n], z)
+        row["entropy_max_abs"] = float(np.abs(e_ours - e_theirs).max())
+        result["exits"].append(row)
+    result["baseline"] = A.compare_logits(ours_main, theirs["main"])
+    # Exit decisions: their test() one sample at a time, against our predict() likewise.
+    xr, yr = x[:route_n], y[:route_n]
+    forced = [[-1.0] * n + [1e9] * (net.n_exits - 1 - n) for n in range(net.n_exits)]
+    vectors = [list(thresholds)] + forced
+    _save_npz(os.path.join(work, "route.npz"), x=xr, y=yr)
+    their.call("route", x=os.path.join(work, "route.npz"),
+               out=os.path.join(work, "their_route.npz"), thresholds=vectors)
+    routed = A.load_interchange(os.path.join(work, "their_route.npz"))
+    entropies = [A.our_entropies(ours[n][:route_n]) for n in range(net.n_exits)]
+    result["routing"] = []
+    for v, ts in enumerate(vectors):
+        ours_labels, ours_exits = [], []
+        our_ts = [min(max(t, 0.0), np.inf) for t in ts]
+        for i in range(route_n):
+            label, exit_ = net.predict(xr[i:i + 1], our_ts)
+            ours_labels.append(int(label[0]))
+            ours_exits.append(int(exit_[0]))
+        ours_exits = np.array(ours_exits)
+        ours_correct = np.array(ours_labels) == yr
+        their_exits, their_correct = routed[f"exits_{v}"], routed[f"correct_{v}"]
+        row = {"thresholds": ts if v == 0 else f"forced exit {v}",
+               **A.compare_decisions(ours_exits, their_exits, entropies, ts, NEAR),
+               "accuracy_ours": float(ours_correct.mean()),
+               "accuracy_theirs": float(their_correct.mean()),
+               "exit_counts_ours": np.bincount(ours_exits, minlength=net.n_exits).tolist(),
+               "exit_counts_theirs": np.bincount(their_exits, minlength=net.n_exits).tolist()}
+        result["routing"].append(row)
+    base_correct = ours_main[:route_n].argmax(1) == yr
+    result["baseline_accuracy"] = {"ours": float(base_correct.mean()),
+                                   "theirs": float(routed["correct_main"].mean())}
+    result["fixture"] = {"their_outputs": theirs, "their_route": routed, "vectors": vectors}
+    return result
+
+
+def training_check(their, spec, data, steps, batch, seed, arrays_trained, work):
+    """Baseline phase from their fresh initialisation, joint phase from the given weights:
+    N Adam steps each on the same minibatches, theirs (fresh optimizers) and ours."""
+    rng = np.random.RandomState(seed)
+    idx = rng.permutation(len(data.train_y))[:steps * batch]
+    bx = data.train_x[idx].reshape((steps, batch) + data.train_x.shape[1:])
+    by = data.train_y[idx].reshape(steps, batch)
+    path = os.path.join(work, "batches.npz")
+    _save_npz(path, x=bx, y=by)
+    out = {"steps": steps, "batch": batch}
+    # Joint phase from the compared weights (their main gets the branchy view as well,
+    # since their train() scatters main's trunk into every copy).
+    branchy_only = {k: v for k, v in arrays_trained.items() if k.startswith("branchy/")}
+    _save_npz(os.path.join(work, "branchy_only.npz"), **branchy_only)
+    their.call("import", path=os.path.join(work, "branchy_only.npz"))
+    theirs_joint = np.array(their.call("train_steps", phase="joint", batches=path)["losses"])
+    their.call("export", path=os.path.join(work, "after_joint.npz"))
+    net = A.from_interchange(BranchyNet(spec.build()), arrays_trained, "branchy")
+    ours_joint = A.run_train_steps(net, bx, by)
+    after = A.load_interchange(os.path.join(work, "after_joint.npz"))
+    mine = A.to_interchange(net, "branchy")
+    out["joint"] = {"theirs": theirs_joint.tolist(), "ours": ours_joint.tolist(),
+                    "max_rel": float(np.max(np.abs(ours_joint - theirs_joint) / theirs_joint)),
+                    "weights_max_abs_after": float(max(np.abs(mine[k] - after[k]).max()
+                                                       for k in mine if k.endswith(("/W", "/b"))))}
+    # Baseline phase from their fresh initialisation.
+    their.call("build", network=spec.name, seed=seed + 1)
+    their.call("export", path=os.path.join(work, "init.npz"))
+    init = A.load_interchange(os.path.join(work, "init.npz"))
+    theirs_main = np.array(their.call("train_steps", phase="main", batches=path)["losses"])
+    baseline = A.from_interchange(BranchyNet(spec.build(), main_only=True), init, "main")
+    ours_main = A.run_train_steps(baseline, bx, by)
+    out["baseline"] = {"theirs": theirs_main.tolist(), "ours": ours_main.tolist(),
+                       "max_rel": float(np.max(np.abs(ours_main - theirs_main) / theirs_main))}
+    out["fixture"] = {"x": bx, "y": by, "init": init, "theirs_main": theirs_main,
+                      "theirs_joint": theirs_joint}
+    return out
+
+
+class _TheirClock:
+    """One of their timed variants as an ``interleave`` callable: returns their wall clock
+    per sample and keeps the time their code reports (trunk only) in ``reported``."""
+
+    def __init__(self, their, variant, thresholds=None):
+        self.their, self.variant, self.thresholds = their, variant, thresholds
+        self.reported = []
+
+    def __call__(self, i):
+        r = self.their.call("time", variant=self.variant, start=int(i), count=1,
+                            thresholds=self.thresholds)
+        self.reported.append(r["reported"][0])
+        return r["wall"][0]
+
+    def reported_rounds_ms(self, rounds, n):
+        """Per-round mean of the reported times (the calls after the warm-up)."""
+        values = np.array(self.reported[len(self.reported) - rounds * n:])
+        return 1e3 * values.reshape(rounds, n).mean(axis=1)
+
+
+class _OurTrunkAt:
+    """Our trunk segments only, timed per sample under early exit at ``thresholds`` (the
+    authors' accounting of a mixed point); heads, entropy and routing run untimed."""
+
+    def __init__(self, net, x, thresholds):
+        self.net, self.x, self.thresholds = net, x, list(thresholds)
+        self.score = A.entropy
+
+    def __call__(self, i):
+        net, total, h = self.net, 0.0, self.x[i:i + 1]
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            for n, head in enumerate(net.heads):
+                start = time.perf_counter()
+                h = net.run_trunk(h, n)
+                total += time.perf_counter() - start
+                if n == net.n_exits - 1:
+                    break
+                logits = chainer.as_array(head(h))
+                if self.score(logits)[0] < self.thresholds[n]:
+                    break
+        return total
+
+
+def timing(their, net, baseline, x, y, thresholds, rounds, work):
+    """LeNet and the B-net at T and at each forced exit: their reported and wall times,
+    our end-to-end and trunk-only times, interleaved sample blocks."""
+    from branchynet.timing import EndToEnd, TrunkOnly, forced_exit_thresholds, interleave
+    _save_npz(os.path.join(work, "timing.npz"), x=x, y=y)
+    their.call("load_timing_data", x=os.path.join(work, "timing.npz"))
+    configs = [("baseline", None, None)]
+    configs.append(("T=" + ",".join(f"{t:g}" for t in thresholds), list(thresholds), None))
+    for n in range(net.n_exits):
+        configs.append((f"exit {n + 1}", forced_exit_thresholds(n, net.n_exits), n))
+    variants, theirs = {}, {}
+    for name, ts, n in configs:
+        if ts is None:
+            variants[f"{name}|ours"] = EndToEnd(baseline, x, [])
+            variants[f"{name}|ours_trunk"] = TrunkOnly(baseline, x, 0)
+            theirs[name] = _TheirClock(their, "main")
+        else:
+            variants[f"{name}|ours"] = EndToEnd(net, x, ts)
+            variants[f"{name}|ours_trunk"] = (TrunkOnly(net, x, n) if n is not None
+                                              else _OurTrunkAt(net, x, ts))
+            their_ts = [-1.0 if t == 0 else (1e9 if np.isinf(t) else t) for t in ts]
+            theirs[name] = _TheirClock(their, "branchy", their_ts)
+        variants[f"{name}|theirs"] = theirs[name]
+    t = interleave(variants, len(x), rounds=rounds, block=10)
+    rows = []
+    for name, _, _ in configs:
+        reported = theirs[name].reported_rounds_ms(rounds, len(x))
+        row = {"config": name,
+               "theirs_reported": _stats(reported),
+               "theirs_wall": t.stats(f"{name}|theirs"),
+               "ours_end_to_end": t.stats(f"{name}|ours"),
+               "ours_trunk_only": t.stats(f"{name}|ours_trunk"),
+               "wall_theirs_over_ours": t.ratio(f"{name}|theirs", f"{name}|ours")}
+        rows.append(row)
+    return {"samples": len(x), "rounds": rounds, "rows": rows, "interleaved": t.to_json()}
+
+
+def _stats(per_round_ms):
+    r = np.asarray(per_round_ms, np.float64)
+    q1, med, q3 = np.percentile(r, [25, 50, 75])
+    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3),
+            "min_ms": float(r.min()), "max_ms": float(r.max())}
+
+
+def epoch_timing(their, spec, data, rounds, work, batch=512):
+    """One training epoch at batch 512, baseline phase and joint phase, theirs and ours,
+    alternating (the order flips every round). Wall seconds per epoch."""
+    from branchynet.training import train
+    path = os.path.join(work, "train.npz")
+    _save_npz(path, x=data.train_x, y=data.train_y)
+    cpu = chainer.get_device("@numpy")
+    results = {k: [] for k in ("theirs_main", "theirs_joint", "ours_main", "ours_joint",
+                               "theirs_main_reported", "theirs_joint_reported")}
+    for r in range(rounds):
+        order = ["theirs", "ours"] if r % 2 == 0 else ["ours", "theirs"]
+        for phase in ("main", "joint"):
+            for who in order:
+                if who == "theirs":
+                    res = their.call("epoch", phase=phase, data=path, batchsize=batch, seed=r)
+                    results[f"theirs_{phase}"].append(res["wall"])
+                    results[f"theirs_{phase}_reported"].append(res["reported"])
+                else:
+                    net = BranchyNet(spec.build(), main_only=(phase == "main"))
+                    with tempfile.TemporaryDirectory(dir=work) as out:
+                        start = time.perf_counter()
+                        train(net, data.train_x, data.train_y, 1, batch, out, cpu, seed=r,
+                              progress=False)
+                        results[f"ours_{phase}"].append(time.perf_counter() - start)
+                log(f"[epoch] round {r + 1} {phase} {who}: "
+                    f"{results[f'{who}_{phase}'][-1]:.1f} s")
+    return {"batch": batch, "train_samples": int(len(data.train_y)), "rounds": rounds,
+            "seconds": results}
+
+
+def write_fixture(path, spec, arrays, eq, train, x, y, info):
+    """The CI fixture: their weights, their outputs and decisions on the first
+    ``FIXTURE_SAMPLES`` images, their losses from given weights and batches."""
+    n = min(FIXTURE_SAMPLES, len(x))
+    os.makedirs(path, exist_ok=True)
+    weights = {k: v for k, v in arrays.items()}
+    A.save_interchange(os.path.join(path, "weights.npz"), weights, compressed=True)
+    outs = eq["fixture"]["their_outputs"]
+    route = eq["fixture"]["their_route"]
+    fixed = {"x": x[:n], "y": y[:n], "main": outs["main"][:n]}
+    for k, v in outs.items():
+        if k.startswith(("logits", "entropy")):
+            fixed[k] = v[:n]
+    for k, v in route.items():
+        fixed[k] = v[:n]
+    A.save_interchange(os.path.join(path, "outputs.npz"), fixed, compressed=True)
+    meta = {"network": spec.name, "samples": n, "vectors": eq["fixture"]["vectors"], **info}
+    if train:
+        f = train["fixture"]
+        A.save_interchange(os.path.join(path, "training.npz"),
+                           {"x": f["x"], "y": f["y"], "theirs_main": f["theirs_main"],
+                            "theirs_joint": f["theirs_joint"],
+                            **{k: v for k, v in f["init"].items() if k.startswith("main/")}},
+                           compressed=True)
+        meta["training"] = {"steps": train["steps"], "batch": train["batch"]}
+    write_json(os.path.join(path, "meta.json"), meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+
+
+def _ms(s):
+    return f"{s['median_ms']:.3f} [{s['min_ms']:.3f}-{s['max_ms']:.3f}]"
+
+
+def tables(eq, train, tim, epoch, spec):
+    lines = [f"## Equivalence: {spec.name}, {eq['samples']} test images", "",
+             "| output | max abs diff | max diff / max abs logit | same argmax | entropy max abs diff |",
+             "|---|---|---|---|---|"]
+    for n, row in enumerate(eq["exits"]):
+        lines.append(f"| exit {n + 1} logits | {row['max_abs']:.2e} | {row['max_rel']:.2e} | "
+                     f"{100 * row['argmax_equal']:.2f}% | {row['entropy_max_abs']:.2e} |")
+    b = eq["baseline"]
+    lines.append(f"| baseline (their main) logits | {b['max_abs']:.2e} | {b['max_rel']:.2e} | "
+                 f"{100 * b['argmax_equal']:.2f}% | - |")
+    lines += ["", "| thresholds | samples | exits differ (near T / far) | accuracy ours / theirs (%) "
+              "| exit counts ours / theirs |", "|---|---|---|---|---|"]
+    for r in eq["routing"]:
+        ts = r["thresholds"] if isinstance(r["thresholds"], str) else \
+            "T = " + ", ".join(f"{t:g}" for t in r["thresholds"])
+        lines.append(f"| {ts} | {r['samples']} | {r['differ']} ({r['differ_near_threshold']} / "
+                     f"{r['differ_far']}) | {100 * r['accuracy_ours']:.2f} / "
+                     f"{100 * r['accuracy_theirs']:.2f} | {r['exit_counts_ours']} / "
+                     f"{r['exit_counts_theirs']} |")
+    ba = eq["baseline_accuracy"]
+    lines.append(f"| baseline | {eq['routing'][0]['samples']} | - | {100 * ba['ours']:.2f} / "
+                 f"{100 * ba['theirs']:.2f} | - |")
+    if train:
+        lines += ["", f"## Training: {train['steps']} Adam steps, batch {train['batch']}", "",
+                  "| phase | step | loss theirs | loss ours | max rel diff |", "|---|---|---|---|---|"]
+        for phase in ("baseline", "joint"):
+            t = np.array(train[phase]["theirs"])
+            o = np.array(train[phase]["ours"])
+            for s in range(len(t)):
+                lines.append(f"| {phase} | {s + 1} | {', '.join(f'{v:.6f}' for v in t[s])} | "
+                             f"{', '.join(f'{v:.6f}' for v in o[s])} | "
+                             f"{np.max(np.abs(o[s] - t[s]) / t[s]):.1e} |")
+        lines.append(f"\nJoint phase, largest parameter difference after {train['steps']} steps: "
+                     f"{train['joint']['weights_max_abs_after']:.2e}")
+    if tim:
+        lines += ["", f"## Batch-size-1 latency, ms per sample: median [min-max] of "
+                      f"{tim['rounds']} interleaved rounds, {tim['samples']} test images", "",
+                  "| network / point | theirs: reported (trunk only) | theirs: wall clock | "
+                  "ours: end to end | ours: trunk only | wall theirs / ours |",
+                  "|---|---|---|---|---|---|"]
+        for r in tim["rows"]:
+            name = spec.title if r["config"] == "baseline" else f"B-{spec.title} {r['config']}"
+            q = r["wall_theirs_over_ours"]
+            lines.append(f"| {name} | {_ms(r['theirs_reported'])} | {_ms(r['theirs_wall'])} | "
+                         f"{_ms(r['ours_end_to_end'])} | {_ms(r['ours_trunk_only'])} | "
+                         f"{q['median']:.2f}x [{q['low']:.2f}-{q['high']:.2f}] |")
+        load = tim["interleaved"].get("load", {})
+        if load:
+            lines.append(f"\nLoad average before / after: {load.get('before')} / {load.get('after')}")
+    if epoch:
+        s = epoch["seconds"]
+        lines += ["", f"## One training epoch, batch {epoch['batch']}, {epoch['train_samples']} "
+                      f"images: wall seconds, {epoch['rounds']} alternating round(s)", "",
+                  "| phase | theirs | theirs (their own sum) | ours |", "|---|---|---|---|"]
+        for phase, label in (("main", "baseline"), ("joint", "B-net (joint)")):
+            fmt = lambda v: ", ".join(f"{x:.1f}" for x in v)  # noqa: E731
+            lines.append(f"| {label} | {fmt(s[f'theirs_{phase}'])} | "
+                         f"{fmt(s[f'theirs_{phase}_reported'])} | {fmt(s[f'ours_{phase}'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(eq, train):
+    """Problems that make the comparison fail (an empty list: equivalent)."""
+    problems = []
+    for n, row in enumerate(eq["exits"]):
+        if row["max_rel"] > LOGIT_RTOL:
+            problems.append(f"exit {n + 1} logits differ by {row['max_rel']:.1e} of the largest")
+        if row["entropy_max_abs"] > ENTROPY_ATOL:
+            problems.append(f"exit {n + 1} entropies differ by {row['entropy_max_abs']:.1e}")
+    if eq["baseline"]["max_rel"] > LOGIT_RTOL:
+        problems.append("baseline logits differ")
+    for r in eq["routing"]:
+        if r["differ_far"]:
+            problems.append(f"{r['differ_far']} exit decision(s) differ away from a threshold "
+                            f"at {r['thresholds']}")
+    if train:
+        for phase in ("baseline", "joint"):
+            if train[phase]["max_rel"] > LOSS_RTOL:
+                problems.append(f"{phase} training losses differ by {train[phase]['max_rel']:.1e}")
+    return problems
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        checkout = A.check_checkout(args.authors_repo)
+        python = A.ensure_env(checkout, args.python2, args.env, log=log)
+    except A.AuthorsSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    spec = get_network(args.network)
+    thresholds = args.thresholds or paper_thresholds(spec)
+    n_exits = sum(isinstance(layer, Branch) for layer in spec.build())
+    if len(thresholds) != n_exits - 1:
+        print(f"error: --thresholds: {spec.name} has {n_exits} exits, so it needs "
+              f"{n_exits - 1} threshold(s), got {len(thresholds)}", file=sys.stderr)
+        sys.exit(2)
+    from branchynet.datasets import DatasetError, load_dataset
+    try:
+        data = load_dataset(spec.dataset, args.data_dir, **spec.dataset_options)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    x, y = data.test_x[:args.test_samples], data.test_y[:args.test_samples]
+    route_n = min(args.route_samples or len(x), len(x))
+    os.makedirs(args.out, exist_ok=True)
+    info = {"command": "python -m experiments.authors " + " ".join(argv or sys.argv[1:]),
+            "ours": A.python_info(), "network": spec.name}
+    with tempfile.TemporaryDirectory(prefix="authors-") as work, \
+            A.AuthorsProcess(python, checkout) as their:
+        info["theirs"] = {"chainer": their.info.get("chainer"), "checkout": checkout}
+        if args.model:
+            log(f"[authors] loading their model {args.model}")
+            desc = their.call("load_bn", path=os.path.abspath(args.model))
+            info["source"] = f"their model {args.model}"
+        elif args.weights:
+            from branchynet.training import load_weights
+            log(f"[authors] our weights {args.weights} -> their network")
+            ours = load_weights(args.weights, BranchyNet(spec.build()))
+            arrays = A.to_interchange(ours, "branchy")
+            if args.baseline_weights:
+                base = load_weights(args.baseline_weights, BranchyNet(spec.build(), main_only=True))
+                arrays.update(A.to_interchange(base, "main"))
+            _save_npz(os.path.join(work, "ours.npz"), **arrays)
+            their.call("build", network=spec.name, seed=args.seed)
+            their.call("import", path=os.path.join(work, "ours.npz"))
+            their.call("save_bn", path=os.path.abspath(os.path.join(args.out, "ours_as_theirs.bn")))
+            log(f"[authors] wrote {os.path.join(args.out, 'ours_as_theirs.bn')} (their dill format)")
+            info["source"] = f"our weights {args.weights}"
+        else:
+            their.call("build", network=spec.name, seed=args.seed)
+            info["source"] = f"their initialisation (seed {args.seed})"
+            if any(args.authors_train):
+                path = os.path.join(work, "train.npz")
+                _save_npz(path, x=data.train_x, y=data.train_y)
+                for phase, epochs in zip(("main", "joint"), args.authors_train):
+                    for e in range(epochs):
+                        r = their.call("epoch", phase=phase, data=path, seed=args.seed * 1000 + e)
+                        log(f"[authors] their {phase} epoch {e + 1}/{epochs}: {r['wall']:.0f} s, "
+                            f"loss {r['loss']}")
+                bn = os.path.abspath(os.path.join(args.out, "theirs_trained.bn"))
+                their.call("save_bn", path=bn)
+                info["source"] += (f", trained by their utils.train: {args.authors_train[0]} "
+                                   f"baseline + {args.authors_train[1]} joint epochs, batch 512")
+                log(f"[authors] wrote their trained model {bn}")
+        desc = their.call("export", path=os.path.join(work, "theirs.npz"))
+        info["their_model"] = {k: v for k, v in desc.items() if k != "layers"}
+        arrays = A.load_interchange(os.path.join(work, "theirs.npz"))
+        A.save_interchange(os.path.join(args.out, "theirs_interchange.npz"), arrays)
+        net, baseline = _our_nets(spec, arrays)
+        from branchynet.training import save_weights
+        save_weights(os.path.join(args.out, "theirs_as_ours_branchynet.npz"), net)
+        save_weights(os.path.join(args.out, "theirs_as_ours_baseline.npz"), baseline)
+        back = A.to_interchange(net, "branchy")
+        back.update(A.to_interchange(baseline, "main"))
+        info["roundtrip_exact"] = bool(set(back) == set(arrays) and all(
+            np.array_equal(back[k], arrays[k]) for k in arrays))
+        log(f"[authors] weights across: {len(arrays)} arrays; theirs -> ours -> theirs exact: "
+            f"{info['roundtrip_exact']}; their trunk copies equal their main: "
+            f"{desc['trunk_copies_equal_main']}; final classifier copy equal: "
+            f"{desc['final_classifier_copy_equal']}")
+        log(f"[authors] equivalence on {len(x)} test images ({route_n} routed one by one)")
+        eq = equivalence(their, spec, net, baseline, x, y, route_n, thresholds, work)
+        train = None
+        if args.train_steps:
+            if spec.name == "alexnet_cifar10":
+                log("[authors] training check skipped: B-AlexNet's dropout masks come from "
+                    "each side's own random stream, so the losses cannot match step by step")
+            else:
+                log(f"[authors] training check: {args.train_steps} Adam steps, batch {args.train_batch}")
+                train = training_check(their, spec, data, args.train_steps, args.train_batch,
+                                       args.seed, arrays, work)
+        tim = None
+        if args.timing_samples:
+            n = min(args.timing_samples, len(data.test_y))
+            log(f"[authors] timing {n} images at batch size 1, {args.rounds} rounds")
+            tim = timing(their, net, baseline, data.test_x[:n], data.test_y[:n], thresholds,
+                         args.rounds, work)
+        epoch = None
+        if args.epoch_rounds:
+            log(f"[authors] one training epoch, {args.epoch_rounds} round(s)")
+            epoch = epoch_timing(their, spec, data, args.epoch_rounds, work)
+        if args.write_fixture:
+            write_fixture(args.write_fixture, spec, arrays, eq, train, x, y, info)
+            log(f"[authors] wrote the fixture to {args.write_fixture}")
+    text = tables(eq, train, tim, epoch, spec)
+    problems = verdict(eq, train)
+    eq.pop("fixture")
+    if train:
+        train.pop("fixture")
+    write_json(os.path.join(args.out, "equivalence.json"), {"info": info, "equivalence": eq,
+                                                             "training": train,
+                                                             "problems": problems})
+    if tim:
+        write_json(os.path.join(args.out, "timing.json"), {"info": info, **tim})
+    if epoch:
+        write_json(os.path.join(args.out, "epoch.json"), {"info": info, **epoch})
+    header = (f"# {spec.name}: ours against the authors' code\n\nSource of the weights: "
+              f"{info['source']}\nCommand: `{info['command']}`\n\n")
+    write_text(os.path.join(args.out, "tables.md"), header + text)
+    print(text)
+    if problems:
+        print("NOT EQUIVALENT:\n  " + "\n  ".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print(f"equivalent within tolerance (logits {LOGIT_RTOL:g} of the largest, entropies "
+          f"{ENTROPY_ATOL:g}, losses {LOSS_RTOL:g} relative); results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
