@@ -314,6 +314,13 @@ def our_entropies(logits):
     return entropy(np.asarray(logits, np.float32)).astype(np.float64)
 
 
+def our_thresholds(theirs):
+    """Their threshold vector for our ``predict``: the negative values their side uses to
+    keep every sample (an entropy can round below 0 there) become 0, which keeps every
+    sample here."""
+    return [max(float(t), 0.0) for t in theirs]
+
+
 def compare_decisions(ours_exits, theirs_exits, entropies, thresholds, near=1e-6):
     """Count samples whose exits differ, separating those whose entropy at the exit where
     the paths part lies within ``near`` of that exit's threshold (float rounding)."""

@@ -41,6 +41,11 @@ LOSS_RTOL = 1e-4
 FIXTURE_SAMPLES = 300
 
 
+def spec_exits(spec):
+    """The Branch markers of the network (one per exit)."""
+    return [layer for layer in spec.build() if isinstance(layer, Branch)]
+
+
 def paper_thresholds(spec):
     """The paper's knee T (Table I, CPU) for the network of ``spec``."""
     for dev, network, _, _, _, thresholds, _ in TABLE_I:
@@ -158,7 +163,7 @@ def equivalence(their, spec, net, baseline, x, y, route_n, thresholds, work):
     result["routing"] = []
     for v, ts in enumerate(vectors):
         ours_labels, ours_exits = [], []
-        our_ts = [min(max(t, 0.0), np.inf) for t in ts]
+        our_ts = A.our_thresholds(ts)
         for i in range(route_n):
             label, exit_ = net.predict(xr[i:i + 1], our_ts)
             ours_labels.append(int(label[0]))
@@ -214,6 +219,21 @@ def training_check(their, spec, data, steps, batch, seed, arrays_trained, work):
     ours_main = A.run_train_steps(baseline, bx, by)
     out["baseline"] = {"theirs": theirs_main.tolist(), "ours": ours_main.tolist(),
                        "max_rel": float(np.max(np.abs(ours_main - theirs_main) / theirs_main))}
+    # Their pipeline continues into the joint phase with the state the baseline phase left.
+    their.call("export", path=os.path.join(work, "after_main.npz"))
+    their.call("train_steps", phase="joint", batches=path, fresh_optimizers=False)
+    desc = their.call("export", path=os.path.join(work, "after_both.npz"))
+    mid = A.load_interchange(os.path.join(work, "after_main.npz"))
+    end = A.load_interchange(os.path.join(work, "after_both.npz"))
+    final = [k for k in init if k.startswith("branchy/exit") and
+             k.split("/")[1] == f"exit{len(spec_exits(spec))}"]
+    out["their_pipeline"] = {
+        "final_exit_untouched_by_baseline_phase": all(np.array_equal(mid[k], init[k])
+                                                      for k in final),
+        "main_final_copy_change_in_joint_phase": float(max(
+            np.abs(end["main" + k[7:]] - mid["main" + k[7:]]).max() for k in final)),
+        "main_optimizer_steps_after_both": desc["optimizer_steps"]["main"],
+        "branch_optimizer_steps_after_both": desc["optimizer_steps"]["models"]}
     out["fixture"] = {"x": bx, "y": by, "init": init, "theirs_main": theirs_main,
                       "theirs_joint": theirs_joint}
     return out
@@ -406,6 +426,15 @@ def tables(eq, train, tim, epoch, spec):
                              f"{np.max(np.abs(o[s] - t[s]) / t[s]):.1e} |")
         lines.append(f"\nJoint phase, largest parameter difference after {train['steps']} steps: "
                      f"{train['joint']['weights_max_abs_after']:.2e}")
+        q = train["their_pipeline"]
+        lines.append(f"\nTheir pipeline (baseline steps, then joint steps, as their script runs "
+                     f"them): their B-net's final exit after the baseline phase is still its "
+                     f"initialisation: {q['final_exit_untouched_by_baseline_phase']}; their "
+                     f"main's final-classifier copy, which gets no gradient in the joint phase, "
+                     f"still moved by up to {q['main_final_copy_change_in_joint_phase']:.2e} "
+                     f"(Adam momentum); Adam steps of their main optimizer after both phases: "
+                     f"{q['main_optimizer_steps_after_both']} (carried over), of the branch "
+                     f"optimizers: {q['branch_optimizer_steps_after_both']}.")
     if tim:
         lines += ["", f"## Batch-size-1 latency, ms per sample: median [min-max] of "
                       f"{tim['rounds']} interleaved rounds, {tim['samples']} test images", "",
@@ -464,7 +493,7 @@ def main(argv=None):
         sys.exit(2)
     spec = get_network(args.network)
     thresholds = args.thresholds or paper_thresholds(spec)
-    n_exits = sum(isinstance(layer, Branch) for layer in spec.build())
+    n_exits = len(spec_exits(spec))
     if len(thresholds) != n_exits - 1:
         print(f"error: --thresholds: {spec.name} has {n_exits} exits, so it needs "
               f"{n_exits - 1} threshold(s), got {len(thresholds)}", file=sys.stderr)
