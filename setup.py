@@ -18,6 +18,7 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "mlxtend>=0.23",
+        "threadpoolctl>=3",  # BLAS thread settings recorded with every timing
     ],
     extras_require={
         # papermill + ipykernel execute the notebooks in the tests (CI).
@@ -28,5 +29,5 @@ setup(
         "gpu": ["cupy-cuda12x[ctk]>=13"],
         "gpu-cuda13": ["cupy-cuda13x[ctk]>=13.6"],
     },
-    entry_points={"console_scripts": ["branchynet-run=experiments.run:main"]},
+    entry_points={"console_scripts": ["branchynet-run=experiments.run:cli"]},
 )

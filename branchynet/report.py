@@ -11,13 +11,15 @@ from branchynet.io import atomic_path, write_text
 
 TABLE_COLUMNS = [
     ("network", "Network"), ("selection", "Selection"), ("accuracy", "Acc.(%)"),
-    ("time_ms", "Time(ms)"), ("gain", "Gain"), ("thresholds", "Thrshld.T"),
+    ("time_ms", "Time(ms)"), ("time_spread", "IQR(ms)"), ("gain", "Gain"),
+    ("gain_range", "Gain range"), ("thresholds", "Thrshld.T"),
     ("exit_percent", "Exit(%)"), ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"),
     ("trunk_gain", "Trunk-only gain"), ("macs", "MACs(M)"), ("val_accuracy", "Val acc.(%)"),
-    ("val_predicted_ms", "Val pred.(ms)"),
+    ("val_predicted_ms", "Val pred.(ms)"), ("checks", "Checks"),
 ]
 # Columns printed only when some row has a value for them.
-OPTIONAL_COLUMNS = ("selection", "val_accuracy", "val_predicted_ms")
+OPTIONAL_COLUMNS = ("selection", "val_accuracy", "val_predicted_ms", "checks", "time_spread",
+                    "gain_range")
 
 
 def device_label(device):
@@ -78,8 +80,21 @@ def _fmt(key, value):
     return str(value)
 
 
+def _display(row):
+    """A row with the shown-only columns: the time's quartiles and the gain's range
+    (marked n.s. when it includes 1)."""
+    shown = dict(row)
+    if row.get("time_q1_ms") is not None:
+        shown["time_spread"] = f"{row['time_q1_ms']:.3f}-{row['time_q3_ms']:.3f}"
+    if row.get("gain_low") is not None:
+        shown["gain_range"] = (f"{row['gain_low']:.2f}-{row['gain_high']:.2f}"
+                               + ("" if row.get("gain_significant") else " n.s."))
+    return shown
+
+
 def format_table(rows, title=""):
     """Render Table I rows as an aligned text table."""
+    rows = [_display(row) for row in rows]
     columns = [(key, label) for key, label in TABLE_COLUMNS
                if key not in OPTIONAL_COLUMNS or any(row.get(key) not in (None, "") for row in rows)]
     header = [label for _, label in columns]
@@ -106,21 +121,26 @@ def write_csv(path, rows, columns=None):
 
 
 def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, frontier_accuracy,
-                    baseline, knee, labels=("B-net", "baseline"), marks=(), ax=None):
+                    baseline, knee, labels=("B-net", "baseline"), marks=(), ax=None,
+                    frontier_err=None, baseline_err=None):
     """Draw a Fig. 3-style plot: grid points, frontier line, baseline diamond, knee star.
 
     ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; ``marks`` are more
     ``(label, runtime_ms, accuracy_percent)`` points (e.g. thresholds chosen on
-    validation). Draws on ``ax`` (a new figure if None) and returns the figure.
+    validation). ``frontier_err`` and ``baseline_err`` are ``(below, above)`` runtime
+    spreads (ms) drawn as horizontal error bars. Draws on ``ax`` (a new figure if None) and
+    returns the figure.
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(grid_runtime, grid_accuracy, s=8, color="0.75", label="grid (predicted)", zorder=1)
-    ax.plot(frontier_runtime, frontier_accuracy, "-o", ms=3, color="C0",
-            label=f"{labels[0]} frontier (measured)", zorder=2)
-    ax.plot(*baseline, "D", ms=8, color="C3", label=labels[1], zorder=3)
+    ax.errorbar(frontier_runtime, frontier_accuracy,
+                xerr=None if frontier_err is None else np.transpose(frontier_err), fmt="-o",
+                ms=3, color="C0", capsize=2, label=f"{labels[0]} frontier (measured)", zorder=2)
+    ax.errorbar(*baseline, xerr=None if baseline_err is None else [[baseline_err[0]], [baseline_err[1]]],
+                fmt="D", ms=8, color="C3", capsize=2, label=labels[1], zorder=3)
     ax.plot(*knee, "*", ms=14, color="C1", zorder=4,
             label=f"{labels[0]} knee" + (" (test set, as paper)" if marks else ""))
     for k, (label, runtime, accuracy) in enumerate(marks):

@@ -42,6 +42,7 @@ class ExitOutputs:
     predictions: np.ndarray
     labels: np.ndarray
     criterion: str = "entropy"
+    key: str = ""  # what made them (JSON: weights and inputs hashes), see branchynet.provenance
 
     @property
     def n_exits(self):
@@ -64,12 +65,14 @@ class ExitOutputs:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, scores=self.scores, predictions=self.predictions,
-                         labels=self.labels, criterion=self.criterion)
+                         labels=self.labels, criterion=self.criterion, key=self.key)
 
     @classmethod
     def load(cls, path):
         with np.load(path) as data:
-            return cls(data["scores"], data["predictions"], data["labels"], str(data["criterion"]))
+            key = str(data["key"]) if "key" in data.files else ""
+            return cls(data["scores"], data["predictions"], data["labels"],
+                       str(data["criterion"]), key)
 
 
 def collect_exit_outputs(net, x, y, batch_size=1000, device=None, criterion="entropy",

@@ -7,7 +7,14 @@ each clock read, so the clock measures execution, not kernel launches.
 
 The authors' accounting (PAPER.md section 5) times only the trunk segments; it is
 measured separately so the two can be set side by side.
+
+Every reported figure comes from ``interleave``: R rounds, and within each round every
+variant (baseline, each exit path, each measured threshold vector) runs on the same block
+of samples before the next block, in an order rotated from block to block, so a change in
+the machine's load hits all of them alike. A figure is the median over rounds of the
+per-round mean; a ratio of two figures (a gain) is computed round by round, paired.
 """
+import os
 import time
 
 import chainer
@@ -21,37 +28,20 @@ def synchronize(device):
         device.device.synchronize()
 
 
+def loadavg():
+    """The 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _samples(x, progress, desc):
     indices = range(len(x))
     if progress:
         from tqdm import tqdm
         indices = tqdm(indices, desc=desc, unit="sample", leave=False)
     return indices
-
-
-def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, desc="timing",
-                    criterion="entropy"):
-    """Run early-exit inference one sample at a time; return per-sample seconds and results.
-
-    ``criterion`` is the exit score (see ``branchynet.routing.CRITERIA``). Returns
-    ``(seconds, labels, exits)`` as host arrays of length ``len(x)``.
-    """
-    device = device or net.device
-    cpu = backend.CpuDevice()
-    for i in range(min(warmup, len(x))):
-        net.predict(device.send(x[i:i + 1]), thresholds, criterion)
-    synchronize(device)
-    seconds = np.empty(len(x))
-    labels = np.empty(len(x), np.int32)
-    exits = np.empty(len(x), np.int32)
-    for i in _samples(x, progress, desc):
-        start = time.perf_counter()
-        label, exit_ = net.predict(device.send(x[i:i + 1]), thresholds, criterion)
-        label, exit_ = cpu.send(label), cpu.send(exit_)
-        synchronize(device)
-        seconds[i] = time.perf_counter() - start
-        labels[i], exits[i] = label[0], exit_[0]
-    return seconds, labels, exits
 
 
 def forced_exit_thresholds(n, n_exits):
@@ -63,12 +53,285 @@ def forced_exit_thresholds(n, n_exits):
     return [0.0] * n + [np.inf] * (n_exits - 1 - n)
 
 
-def exit_path_latency(net, x, device=None, warmup=10, progress=False, criterion="entropy"):
-    """Mean end-to-end seconds per sample of each exit path (samples forced out there).
+# ---------------------------------------------------------------------------------------
+# Variants: one sample at batch size 1, returning its seconds
 
-    Each path includes the exit decisions (softmax, the ``criterion``'s score,
-    comparison) made at the exits before it, as real early-exit inference does.
+
+class EndToEnd:
+    """Early-exit inference of sample ``i`` of ``x`` at batch size 1, end to end.
+
+    Calling it returns the seconds from sending the input to having the label on the
+    host (device synchronised); the sample's label and exit are kept in ``labels`` and
+    ``exits``.
     """
+
+    def __init__(self, net, x, thresholds, device=None, criterion="entropy"):
+        self.net, self.x, self.thresholds, self.criterion = net, x, list(thresholds), criterion
+        self.device = device or net.device
+        self.cpu = backend.CpuDevice()
+        self.labels = np.full(len(x), -1, np.int32)
+        self.exits = np.full(len(x), -1, np.int32)
+
+    def __call__(self, i):
+        start = time.perf_counter()
+        label, exit_ = self.net.predict(self.device.send(self.x[i:i + 1]), self.thresholds,
+                                        self.criterion)
+        label, exit_ = self.cpu.send(label), self.cpu.send(exit_)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.labels[i], self.exits[i] = label[0], exit_[0]
+        return seconds
+
+
+class TrunkOnly:
+    """The trunk segments up to exit ``n`` on sample ``i`` (input already on the device):
+    the authors' accounting. Returns the summed seconds of the segments alone."""
+
+    def __init__(self, net, x, n, device=None):
+        self.net, self.n = net, n
+        self.device = device or net.device
+        self.inputs = [self.device.send(x[i:i + 1]) for i in range(len(x))]
+
+    def __call__(self, i):
+        total, h = 0.0, self.inputs[i]
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            for m in range(self.n + 1):
+                synchronize(self.device)
+                start = time.perf_counter()
+                h = self.net.run_trunk(h, m)
+                synchronize(self.device)
+                total += time.perf_counter() - start
+        return total
+
+
+# ---------------------------------------------------------------------------------------
+# Interleaved rounds
+
+
+def interval_coverage(rounds):
+    """Probability that [min, max] of ``rounds`` independent values covers their median."""
+    return 1 - 2.0 ** (1 - rounds)
+
+
+class Interleaved:
+    """Per-round mean latencies (ms) of several variants timed in alternation.
+
+    ``rounds_ms[name]`` holds one mean per round. ``stats`` summarises a variant; ``ratio``
+    pairs two variants round by round (a gain). The interval of a ratio is the range of
+    its per-round values, which covers the true median ratio with probability
+    ``interval_coverage(rounds)`` (93.8% for 5 rounds, 98.4% for 7).
+    """
+
+    def __init__(self, rounds_ms, samples, load=None, seconds=None):
+        self.rounds_ms = {k: np.asarray(v, np.float64) for k, v in rounds_ms.items()}
+        self.samples, self.load, self.seconds = samples, load or {}, seconds
+
+    @property
+    def names(self):
+        return list(self.rounds_ms)
+
+    @property
+    def rounds(self):
+        return len(next(iter(self.rounds_ms.values())))
+
+    def median(self, name):
+        return float(np.median(self.rounds_ms[name]))
+
+    def stats(self, name):
+        """Median, quartiles, minimum and maximum (ms) over the rounds."""
+        r = self.rounds_ms[name]
+        q1, med, q3 = np.percentile(r, [25, 50, 75])
+        return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3),
+                "min_ms": float(r.min()), "max_ms": float(r.max())}
+
+    def combine(self, weights):
+        """Per-round ms of a weighted sum of variants, e.g. a prediction from exit paths."""
+        return sum(w * self.rounds_ms[name] for name, w in weights.items())
+
+    def ratio(self, numerator, denominator):
+        """Per-round ``numerator / denominator``: median and [min, max] interval; a ratio
+        whose interval includes 1 is not significant. Either side may be a variant's name
+        or an array of per-round ms (e.g. from ``combine``)."""
+        a = self.rounds_ms[numerator] if isinstance(numerator, str) else np.asarray(numerator)
+        b = self.rounds_ms[denominator] if isinstance(denominator, str) else np.asarray(denominator)
+        return ratio_summary(a / b)
+
+    def to_json(self):
+        return {"rounds": self.rounds, "samples": self.samples, "load": self.load,
+                "interval_coverage": interval_coverage(self.rounds),
+                "rounds_ms": {k: v.tolist() for k, v in self.rounds_ms.items()}}
+
+    @classmethod
+    def from_json(cls, doc):
+        return cls(doc["rounds_ms"], doc["samples"], doc.get("load"))
+
+
+def ratio_summary(per_round):
+    """Median and [min, max] of per-round ratios, and whether the interval excludes 1."""
+    per_round = np.asarray(per_round, np.float64)
+    low, high = float(per_round.min()), float(per_round.max())
+    return {"median": float(np.median(per_round)), "low": low, "high": high,
+            "significant": bool(low > 1 or high < 1)}
+
+
+def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False,
+               desc="timing"):
+    """Time every variant on every sample, in alternation, for ``rounds`` rounds.
+
+    Args:
+        variants: dict name -> callable(i) -> seconds, running sample ``i`` at batch size 1
+            (``EndToEnd``, ``TrunkOnly``, or any function timing itself).
+        n_samples: samples 0 .. n_samples - 1 are timed.
+        rounds: passes over the samples; each figure is a median over rounds.
+        block: samples per block; every variant runs on a block before the next block,
+            and the order of the variants is rotated from block to block.
+        warmup: untimed calls of every variant on the first samples, before round 1.
+
+    Returns an ``Interleaved`` with each variant's per-round mean in ms, the load average
+    before and after, and the per-sample seconds (``seconds[name]``, rounds x samples).
+
+    Example::
+
+        t = interleave({"a": EndToEnd(net, x, [0.5]), "b": EndToEnd(net, x, [0.0])}, len(x))
+        t.stats("a")["median_ms"], t.ratio("b", "a")["median"]
+    """
+    if rounds < 1 or n_samples < 1 or block < 1:
+        raise ValueError(f"interleave needs rounds, samples and block >= 1 "
+                         f"(got {rounds}, {n_samples}, {block})")
+    names = list(variants)
+    for name in names:
+        for i in range(min(warmup, n_samples)):
+            variants[name](i)
+    seconds = {name: np.empty((rounds, n_samples)) for name in names}
+    starts = list(range(0, n_samples, block))
+    load_before = loadavg()
+    steps = [(r, b) for r in range(rounds) for b in range(len(starts))]
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=desc, unit="block", leave=False)
+    for r, b in steps:
+        shift = (r * len(starts) + b) % len(names)
+        for name in names[shift:] + names[:shift]:
+            run, out = variants[name], seconds[name][r]
+            for i in range(starts[b], min(starts[b] + block, n_samples)):
+                out[i] = run(i)
+    load = {"before": load_before, "after": loadavg()}
+    return Interleaved({k: 1e3 * v.mean(axis=1) for k, v in seconds.items()}, n_samples,
+                       load, seconds)
+
+
+# ---------------------------------------------------------------------------------------
+# The measurement the runner, notebooks and benchmarks share
+
+
+def path_name(n):
+    return f"exit{n + 1}"
+
+
+def latency_variants(branchy, baseline, x, device=None, criterion="entropy", points=None):
+    """The variants of one measurement: ``baseline`` and ``baseline_trunk``, every exit path
+    forced end to end (``exit1``, ...) and trunk only (``exit1_trunk``, ...), and one
+    ``EndToEnd`` per entry of ``points`` (name -> threshold vector)."""
+    device = device or branchy.device
+    variants = {"baseline": EndToEnd(baseline, x, [], device),
+                "baseline_trunk": TrunkOnly(baseline, x, 0, device)}
+    for n in range(branchy.n_exits):
+        variants[path_name(n)] = EndToEnd(
+            branchy, x, forced_exit_thresholds(n, branchy.n_exits), device, criterion)
+        variants[path_name(n) + "_trunk"] = TrunkOnly(branchy, x, n, device)
+    for name, thresholds in (points or {}).items():
+        variants[name] = EndToEnd(branchy, x, thresholds, device, criterion)
+    return variants
+
+
+def measure_latency(branchy, baseline, x, device=None, points=None, rounds=5, block=10,
+                    criterion="entropy", progress=False):
+    """Interleaved batch-size-1 latency of the baseline, every exit path (end to end and
+    trunk only) and every threshold vector in ``points`` (name -> thresholds), on ``x``.
+
+    Returns ``(Interleaved, variants)``; ``variants[name].labels``/``.exits`` hold what
+    each point's early-exit inference decided for every sample.
+    """
+    variants = latency_variants(branchy, baseline, x, device, criterion, points)
+    return interleave(variants, len(x), rounds, block, progress=progress), variants
+
+
+def path_summary(timings, n_exits):
+    """Median ms per exit path, end to end and trunk only, and of the baseline."""
+    return {"path_ms": [timings.median(path_name(n)) for n in range(n_exits)],
+            "trunk_ms": [timings.median(path_name(n) + "_trunk") for n in range(n_exits)],
+            "baseline_ms": timings.median("baseline"),
+            "baseline_trunk_ms": timings.median("baseline_trunk")}
+
+
+# ---------------------------------------------------------------------------------------
+# Self-consistency of a measurement
+
+
+# A measured point may differ from its prediction by this fraction before the whole
+# per-round interval lies outside (model error: the prediction sums separate runs).
+PREDICTION_TOLERANCE = 0.05
+# A mixed point may be this much faster than the fastest exit path it uses, or slower
+# than the slowest, and a trunk this much slower than its end-to-end path (timer noise).
+BOUND_TOLERANCE = 0.02
+
+
+def check_point(timings, name, exit_fractions):
+    """Self-consistency of the measured point ``name`` whose samples left at each exit in
+    ``exit_fractions``; returns ``(checks, flags)``.
+
+    Checks, each round by round (paired): measured / predicted from the exit paths
+    (``off-prediction`` when the interval lies beyond ``PREDICTION_TOLERANCE``); measured
+    against the fastest and slowest exit path it mixes (``faster-than-its-paths`` /
+    ``slower-than-its-paths`` beyond ``BOUND_TOLERANCE``).
+    """
+    fractions = np.asarray(exit_fractions, np.float64)
+    used = [path_name(n) for n in np.flatnonzero(fractions > 0)]
+    predicted = timings.combine({path_name(n): f for n, f in enumerate(fractions)})
+    measured = timings.rounds_ms[name]
+    paths = np.stack([timings.rounds_ms[p] for p in used])
+    checks = {"vs_prediction": ratio_summary(measured / predicted),
+              "vs_fastest_path": ratio_summary(measured / paths.min(axis=0)),
+              "vs_slowest_path": ratio_summary(measured / paths.max(axis=0))}
+    flags = []
+    pred = checks["vs_prediction"]
+    if pred["low"] > 1 + PREDICTION_TOLERANCE or pred["high"] < 1 - PREDICTION_TOLERANCE:
+        flags.append("off-prediction")
+    if checks["vs_fastest_path"]["high"] < 1 - BOUND_TOLERANCE:
+        flags.append("faster-than-its-paths")
+    if checks["vs_slowest_path"]["low"] > 1 + BOUND_TOLERANCE:
+        flags.append("slower-than-its-paths")
+    return checks, flags
+
+
+def check_trunks(timings, n_exits):
+    """Trunk-only must not take longer than end to end, for every exit path and the
+    baseline; returns a list of flags like ``exit2: trunk-slower-than-end-to-end``."""
+    flags = []
+    for name in ["baseline"] + [path_name(n) for n in range(n_exits)]:
+        if timings.ratio(name + "_trunk", name)["low"] > 1 + BOUND_TOLERANCE:
+            flags.append(f"{name}: trunk-slower-than-end-to-end")
+    return flags
+
+
+# ---------------------------------------------------------------------------------------
+# Single measurements (tests, the notebooks' first look)
+
+
+def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, desc="timing",
+                    criterion="entropy"):
+    """Run early-exit inference one sample at a time, once; return per-sample seconds and
+    results as host arrays ``(seconds, labels, exits)`` of length ``len(x)``."""
+    run = EndToEnd(net, x, thresholds, device, criterion)
+    for i in range(min(warmup, len(x))):
+        run(i)
+    seconds = np.array([run(i) for i in _samples(x, progress, desc)])
+    return seconds, run.labels, run.exits
+
+
+def exit_path_latency(net, x, device=None, warmup=10, progress=False, criterion="entropy"):
+    """Mean end-to-end seconds per sample of each exit path (samples forced out there), one
+    pass each (``measure_latency`` gives repeated, interleaved figures)."""
     return np.array([
         time_early_exit(net, x, forced_exit_thresholds(n, net.n_exits), device, warmup,
                         progress, desc=f"exit {n + 1} path", criterion=criterion)[0].mean()
@@ -76,37 +339,13 @@ def exit_path_latency(net, x, device=None, warmup=10, progress=False, criterion=
 
 
 def trunk_latency(net, x, device=None, warmup=10):
-    """Mean seconds per sample of the trunk segments up to each exit (authors' accounting).
-
-    Heads, softmax, entropy, routing and host transfers are left out, as in the authors'
-    code; the input is already on the device.
-    """
+    """Mean seconds per sample of the trunk segments up to each exit (authors' accounting),
+    one pass; heads, softmax, entropy, routing and host transfers are left out."""
     device = device or net.device
-    inputs = [device.send(x[i:i + 1]) for i in range(len(x))]
-    per_segment = np.zeros(net.n_exits)
-    with chainer.using_config("train", False), chainer.no_backprop_mode():
-        for i, xi in enumerate(inputs[:warmup] + inputs):
-            h = xi
-            for n in range(net.n_exits):
-                synchronize(device)
-                start = time.perf_counter()
-                h = net.run_trunk(h, n)
-                synchronize(device)
-                if i >= min(warmup, len(inputs)):
-                    per_segment[n] += time.perf_counter() - start
-    return np.cumsum(per_segment / len(inputs))
-
-
-def latency_profile(branchy, baseline, x, device=None, progress=False, criterion="entropy"):
-    """Batch-size-1 latency in ms of every exit path of ``branchy`` and of ``baseline``, end
-    to end (``exit_path_latency``) and trunk only (``trunk_latency``), timed on ``x``.
-
-    Returns a dict of ``path_ms`` and ``trunk_ms`` (lists, one per exit), ``baseline_ms``
-    and ``baseline_trunk_ms``.
-    """
-    return {
-        "path_ms": (1e3 * exit_path_latency(branchy, x, device, progress=progress,
-                                            criterion=criterion)).tolist(),
-        "trunk_ms": (1e3 * trunk_latency(branchy, x, device)).tolist(),
-        "baseline_ms": float(1e3 * exit_path_latency(baseline, x, device, progress=progress)[0]),
-        "baseline_trunk_ms": float(1e3 * trunk_latency(baseline, x, device)[0])}
+    result = []
+    for n in range(net.n_exits):
+        run = TrunkOnly(net, x, n, device)
+        for i in range(min(warmup, len(x))):
+            run(i)
+        result.append(np.mean([run(i) for i in range(len(x))]))
+    return np.array(result)

@@ -5,15 +5,30 @@
     python -m experiments.run --network lenet_mnist --val-size 500 --latency-budget-fraction 0.8 \
         --out results/lenet-val
 
-Steps, each resumable (outputs already in the results folder are reused):
-  1. train the baseline (main branch only) for E1 epochs;
-  2. initialise the B-net from it and train all exits jointly for E2 epochs;
-  3. run every exit once over the test set and keep each sample's entropy and prediction;
-  4. per device: time each exit path at batch size 1, evaluate the whole threshold grid
-     exactly from the cached arrays, predict each point's runtime from its exit fractions,
-     find the frontier (the authors' inc-points rule) and the knee (Kneedle rule);
-  5. measure the frontier points for real with early-exit inference at batch size 1, and
-     write Table I rows (stdout, CSV, JSON) and a Fig. 3-style plot (PNG, PDF).
+    python -m experiments.run --from-results results/cpu-lenet_mnist   # re-derive, no training
+
+Stages (branchynet.experiment.Experiment), each resumable (outputs already in the results
+folder are reused when the hashes of the weights and inputs they were made from match):
+  1. data: read the dataset, apply the limits, carve the validation split;
+  2. train the baseline (main branch only) for E1 epochs, then the B-net from it, all exits
+     jointly, for E2 epochs;
+  3. exit outputs: run every exit once over the test set; keep each sample's score and
+     prediction (and the baseline's);
+  4. sweep: evaluate the whole threshold grid exactly from the cached arrays;
+  5. measure, per device: a profile of every exit path at batch size 1 (predicted runtime
+     of each grid point, frontier by the authors' inc-points rule, knee by the Kneedle
+     rule), then one interleaved measurement of the baseline, every exit path and every
+     frontier point: --timing-rounds rounds, each figure the median over rounds, gains
+     paired per round with their range; self-consistency checks (a point against its
+     prediction and the exit paths it mixes, trunk-only against end to end) are printed
+     as warnings and flagged in the CSVs;
+  6. report: Table I rows (stdout, CSV, JSON), sweep CSV, a Fig. 3-style plot (PNG, PDF).
+
+--from-results DIR re-derives the sweep, frontier, knee and Table I of a results folder
+from its committed exit outputs and timing records only (no data, training or timing)
+and checks the result is identical to the folder's CSVs (exit status 1 if not);
+--verify-outputs N also runs the folder's weights on the first N test samples (this needs
+the data) and checks they reproduce the committed exit outputs.
 
 Choosing T without the test set (--val-size N): N training samples (seeded by --seed; their
 positions are saved in val_index.npy) are held out as a validation split and the networks
@@ -36,7 +51,6 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 -<criterion> suffix, so the three can share one results folder.
 """
 import argparse
-import hashlib
 import os
 import sys
 
@@ -45,28 +59,12 @@ import chainer
 import numpy as np
 
 from branchynet._compat import cuda_status
-from branchynet.datasets import DatasetError, load_dataset, split_validation
 from branchynet.devices import available_devices
-from branchynet.flops import expected_macs, exit_path_costs
-from branchynet.frontier import inc_points, knee
-from branchynet.io import atomic_path, read_json, write_json
-from branchynet.net import BranchyNet
-from branchynet.report import (device_label, format_table, machine_info, plot_tradeoff,
-                               write_csv)
-from branchynet.routing import CRITERIA, check_thresholds
-from branchynet.selection import (SEARCHES, AccuracyFloor, InfeasibleBudget, LatencyBudget,
-                                  choose)
-from branchynet.sweep import (ExitOutputs, collect_exit_outputs, default_grid, evaluate_grid,
-                              exit_indices, predict_runtime, threshold_grid)
-from branchynet.timing import latency_profile, time_early_exit
-from branchynet.training import train_or_load
+from branchynet.experiment import Experiment, compare_with_sweep  # noqa: F401  (re-exported)
+from branchynet.routing import CRITERIA
+from branchynet.selection import SEARCHES
+from branchynet.sweep import default_grid
 from networks import REGISTRY, get_network
-
-# Settings that determine the trained weights: a results folder holds one such setting.
-TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
-                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights")
-# Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0}
 
 
 def _val_size(text):
@@ -152,9 +150,24 @@ def parse_args(argv=None):
                         help="tolerance of the inc-points frontier rule (default: the network's)")
     parser.add_argument("--timing-samples", type=int, default=1000,
                         help="test samples timed at batch size 1 (0: all; default: %(default)s)")
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="interleaved timing rounds; every latency is the median over "
+                        "rounds, and a gain's interval is the range of its per-round values, "
+                        "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
+                        "5, 98.4%% for 7 (default: %(default)s)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--from-results", metavar="DIR",
+                        help="re-derive DIR's sweep, frontier, knee and Table I from its exit "
+                        "outputs and timing records (no training, no timing) and check they "
+                        "are identical to its CSVs; other options are ignored except "
+                        "--criterion, --verify-outputs and --data-dir")
+    parser.add_argument("--verify-outputs", type=int, default=0, metavar="N",
+                        help="with --from-results: also run DIR's weights on its first N test "
+                        "samples and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
+    if args.from_results:
+        return args
     spec = get_network(args.network)
     preset = spec.paper if args.paper else spec.quick
     args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
@@ -169,6 +182,10 @@ def parse_args(argv=None):
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
     args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))
+    if args.timing_samples < 0:
+        parser.error("--timing-samples must be >= 0 (0: every test sample)")
+    if args.timing_rounds < 1:
+        parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
     for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
         if getattr(args, name) < (1 if name == "batch_size" else 0):
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -234,448 +251,34 @@ def _unusable_gpu(device):
     return reason or f"there is no GPU {device.device.id}: this machine has {gpus}"
 
 
-def dataset_options(args, spec):
-    options = dict(spec.dataset_options)
-    if args.preprocess:
-        options["preprocess"] = args.preprocess
-    return options
-
-
-def check_config(out, config):
-    """Refuse to mix settings: a results folder holds the run of one training setting."""
-    path = os.path.join(out, "config.json")
-    if os.path.exists(path):
-        old = read_json(path)
-        changed = [k for k in TRAINING_KEYS
-                   if old.get(k, TRAINING_DEFAULTS.get(k)) != config.get(k)]
-        if changed:
-            raise SystemExit(
-                f"error: {out} holds a run with other settings ({', '.join(changed)}: "
-                f"{[old.get(k, TRAINING_DEFAULTS.get(k)) for k in changed]} there, "
-                f"{[config.get(k) for k in changed]} now). "
-                f"Use another --out, or delete {out} to start over.")
-    write_json(path, config)
-
-
-def train_stage(name, net, data, args, device, log):
-    """Train ``net`` unless ``<out>/<name>.npz`` exists; resumable from snapshots."""
-    epochs = args.baseline_epochs if name == "baseline" else args.branchy_epochs
-    return train_or_load(net, os.path.join(args.out, f"{name}.npz"), data.train_x,
-                         data.train_y, epochs, args.batch_size, device, log=log, seed=args.seed,
-                         weights=args.loss_weights if name == "branchynet" else None,
-                         lr=args.lr, progress=not args.no_progress)
+def recompute(args, log=print):
+    """``--from-results``: re-derive a committed folder; True when everything is identical."""
+    experiment = Experiment.from_results(args.from_results, args.criterion, log)
+    experiment.s.data_dir = args.data_dir
+    problems = experiment.recompute(args.verify_outputs)
+    for problem in problems:
+        log(f"error: {problem}")
+    return not problems
 
 
 def main(argv=None):
+    """Run the experiment; returns the summary (``--from-results``: True if identical).
+
+    Exits with status 1 when a budget is infeasible (after writing every result).
+    """
     args = parse_args(argv)
-    spec = get_network(args.network)
-    log = print
-    options = dataset_options(args, spec)
-    try:
-        data = load_dataset(args.dataset, args.data_dir, seed=args.seed, **options)
-    except DatasetError as err:
-        raise SystemExit(f"error: {err}")
-    if args.train_limit:
-        data.train_x, data.train_y = data.train_x[:args.train_limit], data.train_y[:args.train_limit]
-    if args.test_limit:
-        data.test_x, data.test_y = data.test_x[:args.test_limit], data.test_y[:args.test_limit]
-    if args.val_size:
-        # Carved after --train-limit: val_index are positions in the original training set.
-        try:
-            data = split_validation(data, args.val_size, args.seed)
-        except ValueError as err:
-            raise SystemExit(f"error: --val-size: {err}")
-    log(data.summary())
-
-    config = {"network": spec.name, "dataset": args.dataset, "dataset_options": options,
-              "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
-              "train_limit": args.train_limit, "test_limit": args.test_limit,
-              "samples": {"train": len(data.train_y), "test": len(data.test_y),
-                          "val": 0 if data.val_y is None else len(data.val_y)},
-              "val_size": args.val_size, "seed": args.seed,
-              "batch_size": args.batch_size, "baseline_epochs": args.baseline_epochs,
-              "branchy_epochs": args.branchy_epochs, "lr": args.lr,
-              "loss_weights": args.loss_weights, "paper_preset": args.paper,
-              "criterion": args.criterion, "grid": list(args.grid), "inc_amt": args.inc_amt,
-              "timing_samples": args.timing_samples, "devices": [str(d) for d in args.devices]}
-    if data.val_index is not None:
-        config["validation"] = {
-            "samples": len(data.val_index), "seed": args.seed, "index_file": "val_index.npy",
-            "index_sha256": hashlib.sha256(data.val_index.astype("<i8").tobytes()).hexdigest(),
-            "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
-                           + (" (after --train-limit)" if args.train_limit else ""),
-            "search": args.search,
-            "budgets": {"latency_budget_ms": args.latency_budget_ms,
-                        "latency_budget_fraction": args.latency_budget_fraction,
-                        "accuracy_floor_percent": args.accuracy_floor,
-                        "accuracy_drop_pp": args.accuracy_drop}}
-    os.makedirs(args.out, exist_ok=True)
-    check_config(args.out, config)
-    if data.val_index is not None:
-        with atomic_path(os.path.join(args.out, "val_index.npy")) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, data.val_index)
-
-    # Training runs on the first GPU requested, else on the CPU.
-    train_device = next((d for d in args.devices if d.xp is not np), args.devices[0])
-    np.random.seed(args.seed)  # Chainer's initialisers draw from NumPy's global generator
-    baseline = BranchyNet(spec.build(), main_only=True)
-    branchy = BranchyNet(spec.build())
-    train_stage("baseline", baseline, data, args, train_device, log)
-    if not os.path.exists(os.path.join(args.out, "branchynet.npz")):
-        branchy.init_from_baseline(baseline)
-    train_stage("branchynet", branchy, data, args, train_device, log)
-
-    suffix = "" if args.criterion == "entropy" else f"_{args.criterion}"
-    outputs = cached_exit_outputs(branchy, data.test_x, data.test_y,
-                                  os.path.join(args.out, f"exit_outputs{suffix}.npz"),
-                                  train_device, args)
-    baseline.to_device(train_device)
-    baseline_pred = collect_exit_outputs(baseline, data.test_x, data.test_y, device=train_device)
-    baseline_accuracy = baseline_pred.exit_accuracies()[0]
-    log(f"accuracy on {len(data.test_y)} test samples: baseline {100 * baseline_accuracy:.2f}%, "
-        f"exits if taken alone {', '.join(f'{100 * a:.2f}%' for a in outputs.exit_accuracies())}")
-    summary = {"config": config, "baseline_accuracy": baseline_accuracy,
-               "exit_accuracies": outputs.exit_accuracies(), "devices": {},
-               "training": {name: training_record(os.path.join(args.out, name, "log"),
-                                                  len(data.train_y))
-                            for name in ("baseline", "branchynet")}}
-    validation = None
-    if data.val_x is not None:
-        val_outputs = cached_exit_outputs(branchy, data.val_x, data.val_y,
-                                          os.path.join(args.out, f"exit_outputs_val{suffix}.npz"),
-                                          train_device, args)
-        baseline.to_device(train_device)
-        val_baseline = collect_exit_outputs(baseline, data.val_x, data.val_y,
-                                            device=train_device).exit_accuracies()[0]
-        log(f"accuracy on {len(data.val_y)} validation samples: baseline "
-            f"{100 * val_baseline:.2f}%, exits if taken alone "
-            f"{', '.join(f'{100 * a:.2f}%' for a in val_outputs.exit_accuracies())}")
-        validation = {"outputs": val_outputs, "baseline_accuracy": val_baseline}
-        summary.update(val_baseline_accuracy=val_baseline,
-                       val_exit_accuracies=val_outputs.exit_accuracies())
-
-    costs = exit_path_costs(branchy, data.test_x.shape[1:])
-    baseline_costs = exit_path_costs(baseline, data.test_x.shape[1:])
-    costs.update(baseline_macs=baseline_costs["path_macs"][0],
-                 baseline_params=baseline_costs["params"][0])
-    log(format_costs(spec, costs))
-    summary["costs"] = costs
-
-    grid = threshold_grid(args.grid, branchy.n_exits)
-    sweep = evaluate_grid(outputs, grid)
-    infeasible = []
-    for device in args.devices:
-        result = measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
-                                baseline_accuracy, validation, costs, log)
-        summary["devices"][result["tag"]] = result
-        infeasible += result["infeasible"]
-    write_json(os.path.join(args.out, "summary.json"), summary)
-    log(f"results in {args.out}/")
+    if args.from_results:
+        return recompute(args)
+    summary, infeasible = Experiment(args).run(args.devices)
     if infeasible:
         raise SystemExit("error: " + "\nerror: ".join(infeasible))
     return summary
 
 
-def training_record(log_path, n_train):
-    """Per-epoch seconds, images/s and final training metrics from a Chainer LogReport file
-    (None if the weights came without their log)."""
-    if not os.path.exists(log_path):
-        return None
-    log = read_json(log_path)
-    if not log:
-        return None
-    elapsed = [entry["elapsed_time"] for entry in log]
-    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference.
-    epoch_seconds = np.diff([0.0] + elapsed).tolist()
-    return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
-            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
-
-
-def cached_exit_outputs(net, x, y, path, device, args):
-    """Every exit's scores and predictions over ``(x, y)``, cached in ``path``."""
-    if os.path.exists(path):
-        outputs = ExitOutputs.load(path)
-        if outputs.criterion == args.criterion and len(outputs) == len(y):
-            return outputs
-    net.to_device(device)
-    outputs = collect_exit_outputs(net, x, y, device=device, criterion=args.criterion,
-                                   progress=not args.no_progress)
-    outputs.save(path)
-    return outputs
-
-
-def measure_device(device, spec, args, data, baseline, branchy, outputs, sweep,
-                   baseline_accuracy, validation, costs, log):
-    """Time, select and measure on one device; write its table, sweep CSV and plot.
-
-    ``validation`` (None without --val-size) holds the validation exit outputs and the
-    baseline's validation accuracy: thresholds are chosen from those and the exit-path
-    latencies (timed on validation inputs) alone, then measured on the test set.
-    """
-    label = device_label(device)
-    tag = label if args.criterion == "entropy" else f"{label}-{args.criterion}"
-    show = not args.no_progress
-    count = args.timing_samples or len(data.test_y)
-    timed_x, timed_y = data.test_x[:count], data.test_y[:count]
-    # With a validation split, exit paths are timed on validation inputs, so that choosing T
-    # there reads no test data at all (the paths' cost does not depend on the input).
-    path_inputs = "validation" if validation else "test"
-    path_x = data.val_x[:count] if validation else timed_x
-    baseline.to_device(device)
-    branchy.to_device(device)
-    log(f"[{tag}] timing {len(path_x)} {path_inputs} samples at batch size 1 on {device}")
-
-    timing_path = os.path.join(args.out, f"timing_{tag}.json")
-    if os.path.exists(timing_path):
-        timing = read_json(timing_path)
-    else:
-        timing = {"machine": machine_info(device), "samples": len(path_x), "inputs": path_inputs,
-                  "criterion": args.criterion,
-                  **latency_profile(branchy, baseline, path_x, device, progress=show,
-                                    criterion=args.criterion)}
-        write_json(timing_path, timing)
-
-    predicted = predict_runtime(sweep.exit_fractions, timing["path_ms"])
-    predicted_trunk = predict_runtime(sweep.exit_fractions, timing["trunk_ms"])
-    frontier = inc_points(sweep.accuracy, predicted, args.inc_amt)
-    knee_index = knee(sweep.accuracy, predicted, frontier)
-
-    # Measure every frontier point for real, and check it against the cached sweep.
-    def measure(thresholds):
-        return measure_point(branchy, timed_x, timed_y, thresholds, device, timing,
-                             outputs.take(slice(0, count)), args.criterion, show)
-
-    measured = {int(i): measure(sweep.thresholds[i]) for i in frontier}
-    rows = table_rows(spec, sweep, timing, measured, knee_index, baseline_accuracy,
-                      args.criterion)
-
-    # Thresholds chosen on validation, then measured on the test set.
-    selections, marks, infeasible = [], [], []
-    if validation:
-        for rule, chosen in select_on_validation(args, validation["outputs"], timing,
-                                                 validation["baseline_accuracy"]):
-            name = f"val {rule} ({args.search})"
-            if isinstance(chosen, InfeasibleBudget):
-                infeasible.append(f"[{tag}] {chosen}")
-                rows.append(_row(spec, name + ": INFEASIBLE", note=str(chosen)))
-                selections.append({"rule": rule, "search": args.search, "infeasible": str(chosen)})
-                continue
-            point = measure(chosen.thresholds)
-            on_test = evaluate_grid(outputs, [chosen.thresholds])
-            rows.append(_row(
-                spec, name, accuracy=100 * on_test.accuracy[0], time_ms=point["ms"],
-                gain=timing["baseline_ms"] / point["ms"], thresholds=list(chosen.thresholds),
-                exit_percent=list(100 * on_test.exit_fractions[0]),
-                predicted_ms=point["predicted_ms"], trunk_ms=point["predicted_trunk_ms"],
-                trunk_gain=timing["baseline_trunk_ms"] / point["predicted_trunk_ms"],
-                val_accuracy=100 * chosen.accuracy, val_predicted_ms=chosen.runtime_ms))
-            marks.append((name, point["ms"], 100 * on_test.accuracy[0]))
-            selections.append({
-                "rule": rule, "search": args.search, "thresholds": list(chosen.thresholds),
-                "val_accuracy": chosen.accuracy, "val_predicted_ms": chosen.runtime_ms,
-                "val_exit_fractions": chosen.exit_fractions,
-                "candidates": len(chosen.candidates), "evaluations": chosen.candidates.evaluations,
-                "search_seconds": chosen.candidates.seconds,
-                "test_accuracy": on_test.accuracy[0], "test_exit_fractions": on_test.exit_fractions[0],
-                "test_measured": point})
-            if rule == "knee":
-                write_candidates_csv(os.path.join(args.out, f"candidates_val_{tag}.csv"),
-                                     chosen, args.inc_amt)
-
-    for row in rows:
-        if row.get("exit_percent"):
-            row["macs"] = expected_macs(np.asarray(row["exit_percent"]) / 100, costs["macs"])
-        elif row.get("accuracy") is not None:
-            row["macs"] = costs["baseline_macs"]
-    title = (f"Table I rows: {spec.title} on {args.dataset}, {label} "
-             f"({timing['machine'].get('gpu') or timing['machine']['cpu']}); time = ms per "
-             f"sample at batch size 1 over {count} test samples"
-             + ("" if args.criterion == "entropy" else f"; exit criterion {args.criterion}"))
-    log(format_table(rows, title))
-    for row in rows:
-        if row.get("note"):
-            log(f"  note: {row['selection']}: {row['note']}")
-    points = list(measured.values())
-    if any(m["other_exit"] > m["other_exit_borderline"] for m in points):
-        log(f"[{tag}] warning: real early-exit inference and the cached sweep disagree on "
-            f"exits for some frontier points (see sweep_{tag}.csv)")
-    elif any(m["other_exit"] for m in points):
-        log(f"[{tag}] note: at {sum(m['other_exit'] > 0 for m in points)} frontier point(s) "
-            f"a few samples ({max(m['other_exit'] for m in points)} at most) took another exit "
-            f"at batch size 1 than in the batched sweep; all of them score within "
-            f"{BORDERLINE:g} (relative) of the threshold, where float32 logits computed at "
-            f"different batch sizes differ in the last bits (BLAS blocking)")
-    write_csv(os.path.join(args.out, f"table_{tag}.csv"), rows)
-    write_json(os.path.join(args.out, f"table_{tag}.json"),
-               {"title": title, "rows": rows, "machine": timing["machine"], "timing": timing,
-                "criterion": args.criterion,
-                "knee_rule": "Kneedle: max of scaled accuracy minus scaled runtime on the frontier",
-                "frontier_rule": f"inc points, inc_amt={args.inc_amt}"})
-    if validation:
-        write_json(os.path.join(args.out, f"selection_{tag}.json"),
-                   {"criterion": args.criterion, "search": args.search, "grid": list(args.grid),
-                    "validation_samples": len(validation["outputs"]),
-                    "val_baseline_accuracy": validation["baseline_accuracy"],
-                    "path_ms": timing["path_ms"], "baseline_ms": timing["baseline_ms"],
-                    "selections": selections})
-    write_sweep_csv(os.path.join(args.out, f"sweep_{tag}.csv"), sweep, predicted,
-                    predicted_trunk, frontier, knee_index, measured)
-    front = sorted(measured)
-    plot_tradeoff(
-        os.path.join(args.out, f"tradeoff_{tag}"),
-        f"{spec.title} ({args.dataset}), {tag}: {timing['machine'].get('gpu') or timing['machine']['cpu']}",
-        predicted, 100 * sweep.accuracy,
-        [measured[i]["ms"] for i in frontier], [100 * sweep.accuracy[i] for i in frontier],
-        (timing["baseline_ms"], 100 * baseline_accuracy),
-        (measured[knee_index]["ms"], 100 * sweep.accuracy[knee_index]),
-        labels=(f"B-{spec.title}", spec.title), marks=marks)
-    return {"tag": tag, "rows": rows, "frontier": [int(i) for i in front], "knee": knee_index,
-            "timing": timing, "selections": selections, "infeasible": infeasible}
-
-
-def select_on_validation(args, val_outputs, timing, val_baseline_accuracy):
-    """Choose T on validation data only: the knee, then one choice per budget given.
-
-    Reads the validation exit outputs, the exit-path and baseline latencies (timed on
-    validation inputs) and the baseline's validation accuracy; nothing from the test set.
-    Returns ``(rule, Selection or InfeasibleBudget)`` pairs.
-    """
-    rules = ["knee"]
-    if args.latency_budget_ms is not None:
-        rules.append(LatencyBudget(args.latency_budget_ms))
-    if args.latency_budget_fraction is not None:
-        f = args.latency_budget_fraction
-        rules.append(LatencyBudget(f * timing["baseline_ms"],
-                                   f"{f:g} x baseline {timing['baseline_ms']:.3f} ms"))
-    if args.accuracy_floor is not None:
-        rules.append(AccuracyFloor(args.accuracy_floor / 100))
-    if args.accuracy_drop is not None:
-        rules.append(AccuracyFloor(
-            val_baseline_accuracy - args.accuracy_drop / 100,
-            f"baseline {100 * val_baseline_accuracy:.2f}% - {args.accuracy_drop:g} pp"))
-    results = []
-    for rule in rules:
-        try:
-            chosen = choose(val_outputs, timing["path_ms"], rule, method=args.search,
-                            values=args.grid, inc_amt=args.inc_amt)
-        except InfeasibleBudget as err:
-            chosen = err
-        results.append((rule if rule == "knee" else rule.describe(), chosen))
-    return results
-
-
-def measure_point(branchy, x, y, thresholds, device, timing, outputs, criterion, show):
-    """Early-exit inference on ``x`` at batch size 1 with ``thresholds``: latency, accuracy,
-    exit fractions, and whether the exit counts match the cached ``outputs`` of ``x``."""
-    thresholds = check_thresholds(thresholds, branchy.n_exits)
-    seconds, labels, exits = time_early_exit(branchy, x, thresholds, device, progress=show,
-                                             desc=f"T={thresholds}", criterion=criterion)
-    counts = np.bincount(exits, minlength=branchy.n_exits)
-    fractions = counts / len(exits)
-    other, borderline = compare_with_sweep(outputs, thresholds, exits)
-    return {"ms": 1e3 * seconds.mean(), "accuracy": (labels == y).mean(),
-            "exit_fractions": fractions,
-            "predicted_ms": float(predict_runtime(fractions, timing["path_ms"])),
-            "predicted_trunk_ms": float(predict_runtime(fractions, timing["trunk_ms"])),
-            "matches_sweep": other == 0, "other_exit": other, "other_exit_borderline": borderline}
-
-
-# Relative distance to a threshold within which a score may fall on either side of it,
-# depending on the batch size the logits were computed at (float32 rounding).
-BORDERLINE = 1e-5
-
-
-def compare_with_sweep(outputs, thresholds, exits):
-    """How many samples took another exit than the cached sweep says, and how many of those
-    score within ``BORDERLINE`` of the threshold at the first exit where the two differ."""
-    expected = exit_indices(outputs, [thresholds])[0]
-    differ = np.flatnonzero(expected != exits)
-    first = np.minimum(expected[differ], exits[differ])
-    limits = np.asarray(thresholds, np.float64)[first]
-    scores = outputs.scores[differ, first].astype(np.float64)
-    near = np.abs(scores - limits) <= BORDERLINE * np.maximum(1.0, limits)
-    return int(len(differ)), int(near.sum())
-
-
-ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "gain", "thresholds", "exit_percent",
-            "predicted_ms", "trunk_ms", "trunk_gain", "macs", "val_accuracy", "val_predicted_ms",
-            "note")
-
-
-def _row(spec, selection, **values):
-    """A B-net table row (every key of ROW_KEYS; missing values are None)."""
-    row = dict.fromkeys(ROW_KEYS)
-    row.update(network=f"B-{spec.title}", selection=selection, **values)
-    return row
-
-
-def table_rows(spec, sweep, timing, measured, knee_index, baseline_accuracy, criterion="entropy"):
-    """The baseline row and the B-net test-set knee row of Table I, with our extra columns."""
-    point = measured[knee_index]
-    base_ms, base_trunk = timing["baseline_ms"], timing["baseline_trunk_ms"]
-    baseline = dict.fromkeys(ROW_KEYS)
-    baseline.update(network=spec.title, accuracy=100 * baseline_accuracy, time_ms=base_ms,
-                    trunk_ms=base_trunk)
-    return [
-        baseline,
-        _row(spec, "test knee (as paper)" if criterion == "entropy" else "test knee",
-             accuracy=100 * sweep.accuracy[knee_index], time_ms=point["ms"],
-             gain=base_ms / point["ms"],
-             thresholds=[float(t) for t in sweep.thresholds[knee_index]],
-             exit_percent=[100 * f for f in sweep.exit_fractions[knee_index]],
-             predicted_ms=point["predicted_ms"], trunk_ms=point["predicted_trunk_ms"],
-             trunk_gain=base_trunk / point["predicted_trunk_ms"]),
-    ]
-
-
-def format_costs(spec, costs):
-    """Multiply-adds and parameters of the baseline and of each exit path, as a text table."""
-    lines = [f"Multiply-adds (MACs) and parameters per sample, {spec.title} and each exit path of "
-             f"B-{spec.title} (MACs with earlier heads: what a sample leaving there really runs)",
-             f"  {'path':<10}{'MACs':>14}{'+ earlier heads':>18}{'params':>12}",
-             f"  {'baseline':<10}{costs['baseline_macs']:>14,}{'':>18}{costs['baseline_params']:>12,}"]
-    for n, (m, mh, p) in enumerate(zip(costs["path_macs"], costs["macs"], costs["params"])):
-        lines.append(f"  {'exit ' + str(n + 1):<10}{m:>14,}{mh:>18,}{p:>12,}")
-    return "\n".join(lines)
-
-
-def write_candidates_csv(path, selection, inc_amt):
-    """The validation candidates of a knee selection, with frontier and knee flags."""
-    c = selection.candidates
-    frontier = set(int(i) for i in inc_points(c.accuracy, c.runtime_ms, inc_amt))
-    n_thresholds = c.thresholds.shape[1]
-    columns = ([f"T{n + 1}" for n in range(n_thresholds)] + ["val_accuracy"]
-               + [f"exit{n + 1}_fraction" for n in range(n_thresholds + 1)]
-               + ["predicted_ms", "frontier", "knee"])
-    rows = []
-    for i in range(len(c)):
-        row = {f"T{n + 1}": c.thresholds[i, n] for n in range(n_thresholds)}
-        row.update({f"exit{n + 1}_fraction": c.exit_fractions[i, n] for n in range(n_thresholds + 1)})
-        row.update(val_accuracy=c.accuracy[i], predicted_ms=c.runtime_ms[i],
-                   frontier=int(i in frontier), knee=int(i == selection.index))
-        rows.append(row)
-    write_csv(path, rows, columns)
-
-
-def write_sweep_csv(path, sweep, predicted, predicted_trunk, frontier, knee_index, measured):
-    n_thresholds = sweep.thresholds.shape[1]
-    columns = ([f"T{n + 1}" for n in range(n_thresholds)] + ["accuracy"]
-               + [f"exit{n + 1}_fraction" for n in range(n_thresholds + 1)]
-               + ["predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
-                  "measured_other_exit"])
-    frontier = set(int(i) for i in frontier)
-    rows = []
-    for i in range(len(sweep.accuracy)):
-        row = {f"T{n + 1}": sweep.thresholds[i, n] for n in range(n_thresholds)}
-        row.update({f"exit{n + 1}_fraction": sweep.exit_fractions[i, n] for n in range(n_thresholds + 1)})
-        row.update(accuracy=sweep.accuracy[i], predicted_ms=predicted[i],
-                   predicted_trunk_ms=predicted_trunk[i], frontier=int(i in frontier),
-                   knee=int(i == knee_index), measured_ms=measured.get(i, {}).get("ms", ""),
-                   measured_other_exit=measured.get(i, {}).get("other_exit", ""))
-        rows.append(row)
-    write_csv(path, rows, columns)
+def cli():
+    """The ``branchynet-run`` command: exit status 0 on success."""
+    sys.exit(0 if main() else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    cli()

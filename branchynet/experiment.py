@@ -1,0 +1,815 @@
+"""One BranchyNet experiment as named stages over one object.
+
+    data -> train -> exit outputs -> sweep -> measure (per device) -> report
+
+``Experiment(settings)`` holds the run's settings (the namespace ``experiments.run``
+parses, or one rebuilt from a results folder by ``Experiment.from_results``) and its
+state; each stage reads what the ones before it left and writes its files atomically into
+the results folder. Caches (weights, exit outputs, timings) are reused only when the key
+they carry (hashes of the weights and inputs, the machine and BLAS settings) matches.
+
+Everything after ``measure`` is derived from two kinds of files alone: the exit outputs
+(``exit_outputs*.npz``) and the timing record (``timing_<device>.json``). ``derive``
+rebuilds the sweep, frontier, knee, choices on validation and Table I rows from them, so
+``recompute`` re-derives a committed folder without training or timing.
+"""
+import glob
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from branchynet.datasets import DatasetError, load_dataset, split_validation
+from branchynet.flops import exit_path_costs, expected_macs
+from branchynet.frontier import inc_points, knee
+from branchynet.io import atomic_path, read_json, write_json
+from branchynet.net import BranchyNet
+from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
+from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
+from branchynet.selection import AccuracyFloor, InfeasibleBudget, LatencyBudget, choose
+from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
+                              predict_runtime, threshold_grid)
+from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
+                               measure_latency, path_name, path_summary)
+from branchynet.training import train_or_load
+from networks import get_network
+
+# Settings that determine the trained weights: a results folder holds one such setting.
+TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
+                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights")
+# Values of training keys that folders written before the key existed implicitly had.
+TRAINING_DEFAULTS = {"val_size": 0}
+# Settings of the threshold choice, recorded with each timing so ``derive`` needs no more.
+SELECTION_KEYS = ("criterion", "grid", "inc_amt", "search", "latency_budget_ms",
+                  "latency_budget_fraction", "accuracy_floor", "accuracy_drop")
+# Relative distance to a threshold within which a score may fall on either side of it,
+# depending on the batch size the logits were computed at (float32 rounding).
+BORDERLINE = 1e-5
+
+
+class Experiment:
+    """One run: settings, data, networks, results folder; stages called in order by ``run``.
+
+    Args:
+        settings: a namespace with the runner's options (see ``experiments.run``).
+        log: where progress lines go.
+
+    Example::
+
+        exp = Experiment(experiments.run.parse_args(["--network", "lenet_mnist"]))
+        exp.run()                      # or the stages one by one, as run() does
+    """
+
+    def __init__(self, settings, log=print):
+        self.s, self.log = settings, log
+        self.spec = get_network(settings.network)
+        self.out = settings.out
+        self.suffix = "" if settings.criterion == "entropy" else f"_{settings.criterion}"
+        self.data = self.config = self.baseline = self.branchy = None
+        self.outputs = self.baseline_outputs = self.val_outputs = self.val_baseline = None
+        self.sweep = self.costs = None
+
+    def path(self, name):
+        return os.path.join(self.out, name)
+
+    # -- 1. data ---------------------------------------------------------------------------
+
+    def dataset_options(self):
+        options = dict(self.spec.dataset_options)
+        if getattr(self.s, "preprocess", None):
+            options["preprocess"] = self.s.preprocess
+        return options
+
+    def load_data(self):
+        """Read the dataset, apply the limits and carve the validation split."""
+        s = self.s
+        options = self.dataset_options()
+        try:
+            data = load_dataset(s.dataset, s.data_dir, seed=s.seed, **options)
+        except DatasetError as err:
+            raise SystemExit(f"error: {err}")
+        if s.train_limit:
+            data.train_x, data.train_y = data.train_x[:s.train_limit], data.train_y[:s.train_limit]
+        if s.test_limit:
+            data.test_x, data.test_y = data.test_x[:s.test_limit], data.test_y[:s.test_limit]
+        if s.val_size:
+            # Carved after --train-limit: val_index are positions in the original training set.
+            try:
+                data = split_validation(data, s.val_size, s.seed)
+            except ValueError as err:
+                raise SystemExit(f"error: --val-size: {err}")
+        self.log(data.summary())
+        self.data = data
+        self.config = self._config(options)
+        return data
+
+    def _config(self, options):
+        s, data = self.s, self.data
+        config = {"network": self.spec.name, "dataset": s.dataset, "dataset_options": options,
+                  "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
+                  "train_limit": s.train_limit, "test_limit": s.test_limit,
+                  "samples": {"train": len(data.train_y), "test": len(data.test_y),
+                              "val": 0 if data.val_y is None else len(data.val_y)},
+                  "input_shape": list(data.test_x.shape[1:]),
+                  "val_size": s.val_size, "seed": s.seed,
+                  "batch_size": s.batch_size, "baseline_epochs": s.baseline_epochs,
+                  "branchy_epochs": s.branchy_epochs, "lr": s.lr,
+                  "loss_weights": s.loss_weights, "paper_preset": s.paper,
+                  "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
+                  "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
+                  "devices": [str(d) for d in s.devices]}
+        if data.val_index is not None:
+            config["validation"] = {
+                "samples": len(data.val_index), "seed": s.seed, "index_file": "val_index.npy",
+                "index_sha256": array_sha256(data.val_index.astype("<i8")),
+                "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
+                               + (" (after --train-limit)" if s.train_limit else ""),
+                "search": s.search,
+                "budgets": {"latency_budget_ms": s.latency_budget_ms,
+                            "latency_budget_fraction": s.latency_budget_fraction,
+                            "accuracy_floor_percent": s.accuracy_floor,
+                            "accuracy_drop_pp": s.accuracy_drop}}
+        return config
+
+    def check_folder(self):
+        """Refuse to mix settings: a results folder holds the run of one training setting."""
+        os.makedirs(self.out, exist_ok=True)
+        path = self.path("config.json")
+        if os.path.exists(path):
+            old = read_json(path)
+            changed = [k for k in TRAINING_KEYS
+                       if old.get(k, TRAINING_DEFAULTS.get(k)) != self.config.get(k)]
+            if changed:
+                raise SystemExit(
+                    f"error: {self.out} holds a run with other settings ({', '.join(changed)}: "
+                    f"{[old.get(k, TRAINING_DEFAULTS.get(k)) for k in changed]} there, "
+                    f"{[self.config.get(k) for k in changed]} now). "
+                    f"Use another --out, or delete {self.out} to start over.")
+        write_json(path, self.config)
+        if self.data.val_index is not None:
+            with atomic_path(self.path("val_index.npy")) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, self.data.val_index)
+
+    # -- 2. training -----------------------------------------------------------------------
+
+    def build_networks(self):
+        np.random.seed(self.s.seed)  # Chainer's initialisers draw from NumPy's global generator
+        self.baseline = BranchyNet(self.spec.build(), main_only=True)
+        self.branchy = BranchyNet(self.spec.build())
+
+    def train(self, device):
+        """Train the baseline, then the B-net from it (each skipped when its npz exists)."""
+        self.build_networks()
+        self._train_one("baseline", self.baseline, device)
+        if not os.path.exists(self.path("branchynet.npz")):
+            self.branchy.init_from_baseline(self.baseline)
+        self._train_one("branchynet", self.branchy, device)
+
+    def _train_one(self, name, net, device):
+        s = self.s
+        epochs = s.baseline_epochs if name == "baseline" else s.branchy_epochs
+        train_or_load(net, self.path(f"{name}.npz"), self.data.train_x, self.data.train_y,
+                      epochs, s.batch_size, device, log=self.log, seed=s.seed,
+                      weights=s.loss_weights if name == "branchynet" else None, lr=s.lr,
+                      progress=not s.no_progress)
+
+    def weights_key(self):
+        return {name: file_sha256(self.path(f"{name}.npz")) for name in ("baseline", "branchynet")}
+
+    # -- 3. exit outputs -------------------------------------------------------------------
+
+    def exit_outputs(self, device):
+        """Every exit's score and prediction on the test (and validation) samples, and the
+        baseline's, each cached in the folder with the key of its weights and inputs."""
+        d, c = self.data, self.s.criterion
+        self.outputs = self._cached(self.branchy, "branchynet", d.test_x, d.test_y,
+                                    f"exit_outputs{self.suffix}.npz", device, c)
+        self.baseline_outputs = self._cached(self.baseline, "baseline", d.test_x, d.test_y,
+                                             "exit_outputs_baseline.npz", device, "entropy")
+        if d.val_x is not None:
+            self.val_outputs = self._cached(self.branchy, "branchynet", d.val_x, d.val_y,
+                                            f"exit_outputs_val{self.suffix}.npz", device, c)
+            self.val_baseline = self._cached(self.baseline, "baseline", d.val_x, d.val_y,
+                                             "exit_outputs_val_baseline.npz", device, "entropy")
+        self._log_accuracies()
+
+    def _cached(self, net, weights, x, y, name, device, criterion):
+        key = json.dumps({"weights": file_sha256(self.path(f"{weights}.npz")),
+                          "inputs": array_sha256(x), "labels": array_sha256(y),
+                          "criterion": criterion}, sort_keys=True)
+        path = self.path(name)
+        if os.path.exists(path):
+            cached = ExitOutputs.load(path)
+            if cached.key == key:
+                return cached
+            self.log(f"[{name}] made with other weights or inputs: computing it again")
+        net.to_device(device)
+        outputs = collect_exit_outputs(net, x, y, device=device, criterion=criterion,
+                                       progress=not self.s.no_progress)
+        outputs.key = key
+        outputs.save(path)
+        return outputs
+
+    def load_cached_outputs(self):
+        """The folder's exit outputs as they are (``recompute``: no data, no networks)."""
+        def load(name):
+            path = self.path(name)
+            if not os.path.exists(path):
+                raise SystemExit(f"error: {path} is missing; a results folder needs its exit "
+                                 f"outputs to be re-derived (run experiments.run there first)")
+            return ExitOutputs.load(path)
+        self.outputs = load(f"exit_outputs{self.suffix}.npz")
+        self.baseline_outputs = load("exit_outputs_baseline.npz")
+        if os.path.exists(self.path(f"exit_outputs_val{self.suffix}.npz")):
+            self.val_outputs = load(f"exit_outputs_val{self.suffix}.npz")
+            self.val_baseline = load("exit_outputs_val_baseline.npz")
+
+    def _log_accuracies(self):
+        def line(name, outputs, baseline):
+            return (f"accuracy on {len(outputs)} {name} samples: baseline "
+                    f"{100 * baseline.exit_accuracies()[0]:.2f}%, exits if taken alone "
+                    f"{', '.join(f'{100 * a:.2f}%' for a in outputs.exit_accuracies())}")
+        self.log(line("test", self.outputs, self.baseline_outputs))
+        if self.val_outputs is not None:
+            self.log(line("validation", self.val_outputs, self.val_baseline))
+
+    # -- 4. sweep --------------------------------------------------------------------------
+
+    def evaluate(self):
+        """The exact sweep of the grid on the test outputs, and the cost of each exit path."""
+        self.sweep = evaluate_grid(self.outputs, threshold_grid(self.s.grid, self.outputs.n_exits))
+        shape = tuple(self.config["input_shape"])
+        branchy = self.branchy or BranchyNet(self.spec.build())
+        baseline = self.baseline or BranchyNet(self.spec.build(), main_only=True)
+        costs = exit_path_costs(branchy, shape)
+        base = exit_path_costs(baseline, shape)
+        costs.update(baseline_macs=base["path_macs"][0], baseline_params=base["params"][0])
+        self.costs = costs
+
+    # -- 5. measure ------------------------------------------------------------------------
+
+    def tag(self, device):
+        label = device_label(device)
+        return label if self.s.criterion == "entropy" else f"{label}-{self.s.criterion}"
+
+    def measure(self, device):
+        """Time on ``device`` what the report needs; returns the timing record.
+
+        First a profile of the baseline and every exit path (on validation inputs when
+        there is a split: choosing T then reads no test data), from which the frontier,
+        the knee and the choices on validation follow; then one interleaved measurement,
+        on the test samples, of the baseline, every exit path and every chosen point.
+        Both are reused from ``timing_<tag>.json`` when their keys match.
+        """
+        s, d = self.s, self.data
+        tag = self.tag(device)
+        count = s.timing_samples or len(d.test_y)
+        timed_x = d.test_x[:count]
+        validation = d.val_x is not None
+        path_x = d.val_x[:count] if validation else timed_x
+        path = self.path(f"timing_{tag}.json")
+        old = read_json(path) if os.path.exists(path) else {}
+        settings = {k: getattr(s, k) for k in SELECTION_KEYS}
+        settings["grid"] = list(settings["grid"])
+        base_key = {"weights": self.weights_key(), "machine": machine_key(device),
+                    "criterion": s.criterion, "rounds": s.timing_rounds, "block": TIMING_BLOCK}
+        self.branchy.to_device(device)
+        self.baseline.to_device(device)
+        show = not s.no_progress
+
+        profile_key = {**base_key, "inputs": array_sha256(path_x), "samples": len(path_x)}
+        if old.get("profile_key") == profile_key:
+            profile = Interleaved.from_json(old["profile"])
+        else:
+            if old:
+                self.log(f"[{tag}] timings in {path} were made with "
+                         f"{', '.join(differences(old.get('profile_key', {}), profile_key)) or 'an older format'} "
+                         f"different: measuring again")
+            self.log(f"[{tag}] exit-path profile: {len(path_x)} "
+                     f"{'validation' if validation else 'test'} samples at batch size 1, "
+                     f"{s.timing_rounds} interleaved rounds, on {device}")
+            profile, _ = measure_latency(self.branchy, self.baseline, path_x, device,
+                                         rounds=s.timing_rounds, block=TIMING_BLOCK,
+                                         criterion=s.criterion, progress=show)
+            old = {}
+        record = {"settings": settings, "profile_key": profile_key,
+                  "profile_inputs": "validation" if validation else "test",
+                  "profile": profile.to_json()}
+        points = self._points(record)
+
+        measurement_key = {**base_key, "inputs": array_sha256(timed_x), "samples": len(timed_x),
+                           "points": sorted(points)}
+        if old.get("measurement_key") == measurement_key:
+            record.update({k: old[k] for k in ("measurement", "points")})
+        else:
+            self.log(f"[{tag}] measuring the baseline, {self.branchy.n_exits} exit paths and "
+                     f"{len(points)} threshold vector(s) on {len(timed_x)} test samples at batch "
+                     f"size 1, {s.timing_rounds} interleaved rounds, on {device}")
+            timings, variants = measure_latency(
+                self.branchy, self.baseline, timed_x, device, points=points,
+                rounds=s.timing_rounds, block=TIMING_BLOCK, criterion=s.criterion,
+                progress=show)
+            outputs = self.outputs.take(slice(0, count))
+            record["measurement"] = timings.to_json()
+            record["points"] = {name: self._point_record(thresholds, variants[name], outputs)
+                                for name, thresholds in points.items()}
+        record["measurement_key"] = measurement_key
+        record["measured_on"] = {"inputs": "test", "samples": len(timed_x)}
+        record["machine"] = machine_info(device)
+        write_json(path, record)
+        return record
+
+    def _points(self, record):
+        """Name -> thresholds of every point to measure: the frontier and the choices."""
+        selection = self.select(record)
+        chosen = [self.sweep.thresholds[i] for i in selection["frontier"]]
+        chosen += [c.thresholds for _, c in selection["validation"]
+                   if not isinstance(c, InfeasibleBudget)]
+        return {point_name(t): [float(v) for v in t] for t in chosen}
+
+    @staticmethod
+    def _point_record(thresholds, variant, outputs):
+        exits, labels = variant.exits, variant.labels
+        other, borderline = compare_with_sweep(outputs, thresholds, exits)
+        return {"thresholds": thresholds,
+                "exit_fractions": (np.bincount(exits, minlength=outputs.n_exits)
+                                   / len(exits)).tolist(),
+                "accuracy": float((labels == outputs.labels).mean()),
+                "other_exit": other, "other_exit_borderline": borderline}
+
+    # -- 6. selection and report (from exit outputs and the timing record only) -------------
+
+    def select(self, record):
+        """Frontier and knee of the test sweep, and the choices on validation, from the
+        profile in ``record`` (predicted runtime = exit fractions x exit-path medians)."""
+        settings = record["settings"]
+        profile = Interleaved.from_json(record["profile"])
+        paths = path_summary(profile, self.outputs.n_exits)
+        predicted = predict_runtime(self.sweep.exit_fractions, paths["path_ms"])
+        frontier = inc_points(self.sweep.accuracy, predicted, settings["inc_amt"])
+        chosen = []
+        if self.val_outputs is not None:
+            chosen = select_on_validation(settings, self.val_outputs, paths,
+                                          self.val_baseline.exit_accuracies()[0])
+        return {"paths": paths, "predicted": predicted,
+                "predicted_trunk": predict_runtime(self.sweep.exit_fractions, paths["trunk_ms"]),
+                "frontier": frontier, "knee": knee(self.sweep.accuracy, predicted, frontier),
+                "validation": chosen}
+
+    def derive(self, tag, record):
+        """Table I rows, sweep CSV rows, checks and plot data for one timing record."""
+        selection = self.select(record)
+        timings = Interleaved.from_json(record["measurement"])
+        n_exits = self.outputs.n_exits
+        base = timings.stats("baseline")
+        baseline_row = _row(self.spec.title, None, accuracy=100 * self.baseline_accuracy(),
+                            time=base, trunk_ms=timings.median("baseline_trunk"),
+                            macs=self.costs["baseline_macs"])
+        baseline_row["network"] = self.spec.title
+        measured = {name: self._measured(timings, name, point)
+                    for name, point in record["points"].items()}
+        warnings = [f"[{tag}] {flag}" for flag in check_trunks(timings, n_exits)]
+        for name, m in measured.items():
+            if m["flags"]:
+                warnings.append(f"[{tag}] {name}: {', '.join(m['flags'])} (measured "
+                                f"{m['stats']['median_ms']:.3f} ms; per-round ratio to the "
+                                f"prediction {_interval(m['checks']['vs_prediction'])}, to the "
+                                f"fastest path it mixes {_interval(m['checks']['vs_fastest_path'])})")
+        k = selection["knee"]
+        criterion = record["settings"]["criterion"]
+        knee_point = measured[point_name(self.sweep.thresholds[k])]
+        rows = [baseline_row, self._point_row(
+            "test knee (as paper)" if criterion == "entropy" else "test knee", knee_point,
+            100 * self.sweep.accuracy[k], self.sweep.exit_fractions[k])]
+        marks, selections = [], []
+        for rule, chosen in selection["validation"]:
+            name = f"val {rule} ({record['settings']['search']})"
+            if isinstance(chosen, InfeasibleBudget):
+                rows.append(_row(f"B-{self.spec.title}", name + ": INFEASIBLE", note=str(chosen)))
+                selections.append({"rule": rule, "infeasible": str(chosen)})
+                continue
+            on_test = evaluate_grid(self.outputs, [chosen.thresholds])
+            point = measured[point_name(chosen.thresholds)]
+            row = self._point_row(name, point, 100 * on_test.accuracy[0],
+                                  on_test.exit_fractions[0])
+            row.update(val_accuracy=100 * chosen.accuracy, val_predicted_ms=chosen.runtime_ms)
+            rows.append(row)
+            marks.append((name, point["stats"]["median_ms"], 100 * on_test.accuracy[0]))
+            selections.append({
+                "rule": rule, "thresholds": list(chosen.thresholds),
+                "val_accuracy": chosen.accuracy, "val_predicted_ms": chosen.runtime_ms,
+                "val_exit_fractions": chosen.exit_fractions,
+                "candidates": len(chosen.candidates),
+                "evaluations": chosen.candidates.evaluations,
+                "test_accuracy": on_test.accuracy[0],
+                "test_exit_fractions": on_test.exit_fractions[0]})
+        return {"tag": tag, "rows": rows, "selection": selection, "measured": measured,
+                "marks": marks, "selections": selections, "warnings": warnings,
+                "timings": timings, "record": record,
+                "infeasible": [f"[{tag}] {c}" for _, c in selection["validation"]
+                               if isinstance(c, InfeasibleBudget)]}
+
+    def baseline_accuracy(self):
+        return float(self.baseline_outputs.exit_accuracies()[0])
+
+    def _measured(self, timings, name, point):
+        fractions = np.asarray(point["exit_fractions"])
+        checks, flags = check_point(timings, name, fractions)
+        trunk = timings.combine({path_name(n) + "_trunk": f for n, f in enumerate(fractions)})
+        return {**point, "stats": timings.stats(name), "checks": checks, "flags": flags,
+                "gain": timings.ratio("baseline", name),
+                "trunk_gain": timings.ratio("baseline_trunk", trunk),
+                "predicted_ms": float(np.median(timings.combine(
+                    {path_name(n): f for n, f in enumerate(fractions)}))),
+                "predicted_trunk_ms": float(np.median(trunk))}
+
+    def _point_row(self, selection, point, accuracy, exit_fractions):
+        return _row(f"B-{self.spec.title}", selection, accuracy=accuracy, time=point["stats"],
+                    gain=point["gain"], thresholds=list(point["thresholds"]),
+                    exit_percent=[100 * f for f in exit_fractions],
+                    predicted_ms=point["predicted_ms"], trunk_ms=point["predicted_trunk_ms"],
+                    trunk_gain=point["trunk_gain"]["median"],
+                    macs=expected_macs(np.asarray(exit_fractions), self.costs["macs"]),
+                    checks="; ".join(point["flags"]))
+
+    def sweep_rows(self, result):
+        """One CSV row per grid point: exact results, predictions, and what was measured."""
+        selection, sweep = result["selection"], self.sweep
+        frontier = set(int(i) for i in selection["frontier"])
+        rows = []
+        for i in range(len(sweep.accuracy)):
+            m = result["measured"].get(point_name(sweep.thresholds[i])) if i in frontier else None
+            row = {f"T{n + 1}": sweep.thresholds[i, n] for n in range(sweep.thresholds.shape[1])}
+            row.update({f"exit{n + 1}_fraction": f for n, f in enumerate(sweep.exit_fractions[i])})
+            row.update(accuracy=sweep.accuracy[i], predicted_ms=selection["predicted"][i],
+                       predicted_trunk_ms=selection["predicted_trunk"][i],
+                       frontier=int(i in frontier), knee=int(i == selection["knee"]))
+            if m:
+                row.update(measured_ms=m["stats"]["median_ms"], measured_q1_ms=m["stats"]["q1_ms"],
+                           measured_q3_ms=m["stats"]["q3_ms"], gain=m["gain"]["median"],
+                           gain_low=m["gain"]["low"], gain_high=m["gain"]["high"],
+                           measured_other_exit=m["other_exit"], consistency="; ".join(m["flags"]))
+            rows.append(row)
+        return rows
+
+    def write_report(self, result):
+        """Write the table, sweep CSV, selection JSON and plot of one device's result."""
+        tag, out = result["tag"], self.out
+        n = self.outputs.n_exits
+        write_csv(os.path.join(out, f"table_{tag}.csv"), result["rows"], list(ROW_KEYS))
+        title = self.table_title(result)
+        write_json(os.path.join(out, f"table_{tag}.json"),
+                   {"title": title, "rows": result["rows"], "warnings": result["warnings"],
+                    "criterion": result["record"]["settings"]["criterion"],
+                    "knee_rule": "Kneedle: max of scaled accuracy minus scaled runtime on the frontier",
+                    "frontier_rule": f"inc points, inc_amt={result['record']['settings']['inc_amt']}",
+                    "timing_rule": TIMING_RULE})
+        columns = ([f"T{k + 1}" for k in range(n - 1)] + ["accuracy"]
+                   + [f"exit{k + 1}_fraction" for k in range(n)] + list(SWEEP_MEASURED))
+        write_csv(os.path.join(out, f"sweep_{tag}.csv"), self.sweep_rows(result), columns)
+        if self.val_outputs is not None:
+            write_json(os.path.join(out, f"selection_{tag}.json"),
+                       {"settings": result["record"]["settings"],
+                        "validation_samples": len(self.val_outputs),
+                        "val_baseline_accuracy": self.val_baseline.exit_accuracies()[0],
+                        "path_ms": result["selection"]["paths"]["path_ms"],
+                        "selections": result["selections"]})
+            for rule, chosen in result["selection"]["validation"]:
+                if rule == "knee" and not isinstance(chosen, InfeasibleBudget):
+                    write_candidates_csv(os.path.join(out, f"candidates_val_{tag}.csv"), chosen,
+                                         result["record"]["settings"]["inc_amt"])
+
+    def plot(self, result):
+        selection, sweep, timings = result["selection"], self.sweep, result["timings"]
+        front = [int(i) for i in selection["frontier"]]
+        points = [result["measured"][point_name(sweep.thresholds[i])] for i in front]
+        base = timings.stats("baseline")
+        knee_point = result["measured"][point_name(sweep.thresholds[selection["knee"]])]
+        machine = result["record"]["machine"]
+        plot_tradeoff(
+            os.path.join(self.out, f"tradeoff_{result['tag']}"),
+            f"{self.spec.title} ({self.config['dataset']}), {result['tag']}: "
+            f"{machine.get('gpu') or machine['cpu']}",
+            selection["predicted"], 100 * sweep.accuracy,
+            [p["stats"]["median_ms"] for p in points], [100 * sweep.accuracy[i] for i in front],
+            (base["median_ms"], 100 * self.baseline_accuracy()),
+            (knee_point["stats"]["median_ms"], 100 * sweep.accuracy[selection["knee"]]),
+            labels=(f"B-{self.spec.title}", self.spec.title), marks=result["marks"],
+            frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base))
+
+    def table_title(self, result):
+        record = result["record"]
+        machine = record["machine"]
+        m = record["measurement"]
+        return (f"Table I rows: {self.spec.title} on {self.config['dataset']}, {result['tag']} "
+                f"({machine.get('gpu') or machine['cpu']}); accuracy and exits over all "
+                f"{len(self.outputs)} test samples; time = ms per sample at batch size 1, median "
+                f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples "
+                f"(spread: quartiles of the rounds; gain interval: range of the per-round gains, "
+                f"{100 * interval_coverage(m['rounds']):.1f}% coverage; n.s. = includes 1)"
+                + ("" if record["settings"]["criterion"] == "entropy"
+                   else f"; exit criterion {record['settings']['criterion']}"))
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self, devices):
+        """All stages; returns the summary written to summary.json."""
+        from branchynet.report import format_table
+        self.load_data()
+        self.check_folder()
+        # Training runs on the first GPU requested, else on the CPU.
+        train_device = next((d for d in devices if d.xp is not np), devices[0])
+        self.train(train_device)
+        self.exit_outputs(train_device)
+        self.evaluate()
+        self.log(format_costs(self.spec, self.costs))
+        summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
+                   "exit_accuracies": self.outputs.exit_accuracies(), "costs": self.costs,
+                   "training": {name: training_record(self.path(os.path.join(name, "log")),
+                                                      len(self.data.train_y))
+                                for name in ("baseline", "branchynet")},
+                   "devices": {}}
+        if self.val_outputs is not None:
+            summary.update(val_baseline_accuracy=self.val_baseline.exit_accuracies()[0],
+                           val_exit_accuracies=self.val_outputs.exit_accuracies())
+        infeasible = []
+        for device in devices:
+            result = self.derive(self.tag(device), self.measure(device))
+            self.log(format_table(result["rows"], self.table_title(result)))
+            for row in result["rows"]:
+                if row.get("note"):
+                    self.log(f"  note: {row['selection']}: {row['note']}")
+            for line in result["warnings"]:
+                self.log(f"warning: {line} (see sweep_{result['tag']}.csv)")
+            self._log_other_exits(result)
+            self.write_report(result)
+            self.plot(result)
+            summary["devices"][result["tag"]] = {
+                "rows": result["rows"], "knee": int(result["selection"]["knee"]),
+                "frontier": [int(i) for i in result["selection"]["frontier"]],
+                "paths": result["selection"]["paths"], "warnings": result["warnings"],
+                "selections": result["selections"], "machine": result["record"]["machine"]}
+            infeasible += result["infeasible"]
+        write_json(self.path("summary.json"), summary)
+        self.log(f"results in {self.out}/")
+        return summary, infeasible
+
+    def _log_other_exits(self, result):
+        points = list(result["measured"].values())
+        tag = result["tag"]
+        if any(m["other_exit"] > m["other_exit_borderline"] for m in points):
+            self.log(f"[{tag}] warning: real early-exit inference and the cached sweep disagree "
+                     f"on exits for some frontier points (see sweep_{tag}.csv)")
+        elif any(m["other_exit"] for m in points):
+            self.log(f"[{tag}] note: at {sum(m['other_exit'] > 0 for m in points)} measured "
+                     f"point(s) a few samples ({max(m['other_exit'] for m in points)} at most) "
+                     f"took another exit at batch size 1 than in the batched sweep; all score "
+                     f"within {BORDERLINE:g} (relative) of the threshold, where float32 logits "
+                     f"computed at different batch sizes differ in the last bits")
+
+    # -- recompute a committed folder -------------------------------------------------------
+
+    @classmethod
+    def from_results(cls, folder, criterion="entropy", log=print):
+        """An experiment rebuilt from a results folder's config.json (nothing trained)."""
+        path = os.path.join(folder, "config.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"error: {folder} is not a results folder (no config.json)")
+        config = read_json(path)
+        settings = _namespace(config, folder, criterion)
+        exp = cls(settings, log)
+        exp.config = config
+        return exp
+
+    def recompute(self, verify_outputs=0):
+        """Re-derive every timed device's table and sweep CSV from the committed exit outputs
+        and timing records; returns the list of files that differ from the committed ones.
+
+        With ``verify_outputs`` N > 0 the committed weights are also run on the first N test
+        samples and must reproduce the committed exit outputs.
+        """
+        self.load_cached_outputs()
+        self.evaluate()
+        problems = []
+        if verify_outputs:
+            problems += self.verify_outputs(verify_outputs)
+        records = [p for p in sorted(glob.glob(self.path("timing_*.json")))
+                   if _criterion_of(_tag_of(p)) == self.s.criterion]
+        if not records:
+            raise SystemExit(f"error: {self.out} has no timing_<device>.json to derive from")
+        committed_folder = self.out
+        with tempfile.TemporaryDirectory() as tmp:
+            self.out = tmp
+            try:
+                for path in records:
+                    tag = _tag_of(path)
+                    self.write_report(self.derive(tag, read_json(path)))
+                    for name in (f"sweep_{tag}.csv", f"table_{tag}.csv"):
+                        committed = os.path.join(committed_folder, name)
+                        if not os.path.exists(committed):
+                            problems.append(f"{committed}: missing")
+                        elif _read(committed) != _read(os.path.join(tmp, name)):
+                            problems.append(f"{committed}: differs from what its exit outputs "
+                                            f"and timing_{tag}.json give")
+                        else:
+                            self.log(f"{committed}: identical to what its exit outputs and "
+                                     f"timing_{tag}.json give")
+            finally:
+                self.out = committed_folder
+        return problems
+
+    def verify_outputs(self, samples):
+        """Run the committed weights on the first ``samples`` test samples; compare."""
+        import chainer
+        from branchynet.training import load_weights
+        self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
+        self.s.val_size = 0
+        self.load_data()
+        self.build_networks()
+        load_weights(self.path("baseline.npz"), self.baseline)
+        load_weights(self.path("branchynet.npz"), self.branchy)
+        cpu = chainer.get_device("@numpy")
+        problems = []
+        for net, committed, criterion in ((self.branchy, self.outputs, self.s.criterion),
+                                          (self.baseline, self.baseline_outputs, "entropy")):
+            n = len(self.data.test_y)
+            fresh = collect_exit_outputs(net, self.data.test_x, self.data.test_y, device=cpu,
+                                         criterion=criterion)
+            mine = committed.take(slice(0, n))
+            same_labels = np.array_equal(fresh.labels, mine.labels)
+            same_predictions = np.array_equal(fresh.predictions, mine.predictions)
+            close = np.allclose(fresh.scores, mine.scores, rtol=1e-4, atol=1e-6)
+            what = "B-net" if net is self.branchy else "baseline"
+            if same_labels and same_predictions and close:
+                self.log(f"{what}: the weights reproduce the committed exit outputs on {n} test "
+                         f"samples (largest score difference "
+                         f"{np.abs(fresh.scores - mine.scores).max():.2g})")
+            else:
+                problems.append(f"{what}: the weights do not reproduce the committed exit "
+                                f"outputs (labels {same_labels}, predictions {same_predictions}, "
+                                f"scores close {close})")
+        return problems
+
+
+# How the timing figures are made (stored with every table).
+TIMING_BLOCK = 10
+TIMING_RULE = ("end to end at batch size 1; every figure is the median over interleaved "
+               "rounds of the per-round mean; within a round, blocks of 10 samples see "
+               "every variant in a rotated order; gains are paired per round")
+
+ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q3_ms", "gain",
+            "gain_low", "gain_high", "gain_significant", "thresholds", "exit_percent",
+            "predicted_ms", "trunk_ms", "trunk_gain", "macs", "val_accuracy", "val_predicted_ms",
+            "checks", "note")
+SWEEP_MEASURED = ("predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
+                  "measured_q1_ms", "measured_q3_ms", "gain", "gain_low", "gain_high",
+                  "measured_other_exit", "consistency")
+
+
+def point_name(thresholds):
+    """The name of a threshold vector in timing records, e.g. ``T=0.5`` or ``T=1,0.01``."""
+    return "T=" + ",".join(repr(float(t)) for t in thresholds)
+
+
+def _row(network, selection, time=None, gain=None, **values):
+    """A table row (every key of ROW_KEYS; missing values are None)."""
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(network=network, selection=selection, **values)
+    if time:
+        row.update(time_ms=time["median_ms"], time_q1_ms=time["q1_ms"], time_q3_ms=time["q3_ms"])
+    if gain:
+        row.update(gain=gain["median"], gain_low=gain["low"], gain_high=gain["high"],
+                   gain_significant=gain["significant"])
+    return row
+
+
+def _interval(r):
+    return f"{r['median']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
+def _err(stats):
+    return (stats["median_ms"] - stats["q1_ms"], stats["q3_ms"] - stats["median_ms"])
+
+
+def _tag_of(path):
+    return os.path.basename(path)[len("timing_"):-len(".json")]
+
+
+def _criterion_of(tag):
+    """'entropy' for a tag like 'cpu' or 'gpu0', else the part after the device label."""
+    return tag.split("-", 1)[1] if "-" in tag else "entropy"
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _namespace(config, folder, criterion):
+    import argparse
+    budgets = (config.get("validation") or {}).get("budgets") or {}
+    return argparse.Namespace(
+        network=config["network"], dataset=config["dataset"], data_dir=None,
+        preprocess=(config.get("dataset_options") or {}).get("preprocess"),
+        train_limit=config.get("train_limit", 0), test_limit=config.get("test_limit", 0),
+        val_size=config.get("val_size", 0), seed=config.get("seed", 0),
+        batch_size=config["batch_size"], baseline_epochs=config["baseline_epochs"],
+        branchy_epochs=config["branchy_epochs"], lr=config.get("lr", 0.001),
+        loss_weights=config.get("loss_weights"), paper=config.get("paper_preset", False),
+        criterion=criterion, grid=tuple(config["grid"]), inc_amt=config["inc_amt"],
+        search=(config.get("validation") or {}).get("search", "grid"),
+        latency_budget_ms=budgets.get("latency_budget_ms"),
+        latency_budget_fraction=budgets.get("latency_budget_fraction"),
+        accuracy_floor=budgets.get("accuracy_floor_percent"),
+        accuracy_drop=budgets.get("accuracy_drop_pp"),
+        timing_samples=config.get("timing_samples", 0),
+        timing_rounds=config.get("timing_rounds", 5), devices=[], out=folder, no_progress=True)
+
+
+def select_on_validation(settings, val_outputs, paths, val_baseline_accuracy):
+    """Choose T on validation data only: the knee, then one choice per budget given.
+
+    Reads the validation exit outputs, the exit-path and baseline latencies of the profile
+    (timed on validation inputs) and the baseline's validation accuracy; nothing from the
+    test set. Returns ``(rule, Selection or InfeasibleBudget)`` pairs.
+    """
+    rules = ["knee"]
+    if settings["latency_budget_ms"] is not None:
+        rules.append(LatencyBudget(settings["latency_budget_ms"]))
+    if settings["latency_budget_fraction"] is not None:
+        f = settings["latency_budget_fraction"]
+        rules.append(LatencyBudget(f * paths["baseline_ms"],
+                                   f"{f:g} x baseline {paths['baseline_ms']:.3f} ms"))
+    if settings["accuracy_floor"] is not None:
+        rules.append(AccuracyFloor(settings["accuracy_floor"] / 100))
+    if settings["accuracy_drop"] is not None:
+        rules.append(AccuracyFloor(
+            val_baseline_accuracy - settings["accuracy_drop"] / 100,
+            f"baseline {100 * val_baseline_accuracy:.2f}% - {settings['accuracy_drop']:g} pp"))
+    results = []
+    for rule in rules:
+        try:
+            chosen = choose(val_outputs, paths["path_ms"], rule, method=settings["search"],
+                            values=settings["grid"], inc_amt=settings["inc_amt"])
+        except InfeasibleBudget as err:
+            chosen = err
+        results.append((rule if rule == "knee" else rule.describe(), chosen))
+    return results
+
+
+def compare_with_sweep(outputs, thresholds, exits):
+    """How many samples took another exit than the cached sweep says, and how many of those
+    score within ``BORDERLINE`` of the threshold at the first exit where the two differ."""
+    expected = exit_indices(outputs, [thresholds])[0]
+    differ = np.flatnonzero(expected != exits)
+    first = np.minimum(expected[differ], exits[differ])
+    limits = np.asarray(thresholds, np.float64)[first]
+    scores = outputs.scores[differ, first].astype(np.float64)
+    near = np.abs(scores - limits) <= BORDERLINE * np.maximum(1.0, limits)
+    return int(len(differ)), int(near.sum())
+
+
+def format_costs(spec, costs):
+    """Multiply-adds and parameters of the baseline and of each exit path, as a text table."""
+    lines = [f"Multiply-adds (MACs) and parameters per sample, {spec.title} and each exit path of "
+             f"B-{spec.title} (MACs with earlier heads: what a sample leaving there really runs)",
+             f"  {'path':<10}{'MACs':>14}{'+ earlier heads':>18}{'params':>12}",
+             f"  {'baseline':<10}{costs['baseline_macs']:>14,}{'':>18}{costs['baseline_params']:>12,}"]
+    for n, (m, mh, p) in enumerate(zip(costs["path_macs"], costs["macs"], costs["params"])):
+        lines.append(f"  {'exit ' + str(n + 1):<10}{m:>14,}{mh:>18,}{p:>12,}")
+    return "\n".join(lines)
+
+
+def write_candidates_csv(path, selection, inc_amt):
+    """The validation candidates of a knee selection, with frontier and knee flags."""
+    c = selection.candidates
+    frontier = set(int(i) for i in inc_points(c.accuracy, c.runtime_ms, inc_amt))
+    n_thresholds = c.thresholds.shape[1]
+    columns = ([f"T{n + 1}" for n in range(n_thresholds)] + ["val_accuracy"]
+               + [f"exit{n + 1}_fraction" for n in range(n_thresholds + 1)]
+               + ["predicted_ms", "frontier", "knee"])
+    rows = []
+    for i in range(len(c)):
+        row = {f"T{n + 1}": c.thresholds[i, n] for n in range(n_thresholds)}
+        row.update({f"exit{n + 1}_fraction": c.exit_fractions[i, n] for n in range(n_thresholds + 1)})
+        row.update(val_accuracy=c.accuracy[i], predicted_ms=c.runtime_ms[i],
+                   frontier=int(i in frontier), knee=int(i == selection.index))
+        rows.append(row)
+    write_csv(path, rows, columns)
+
+
+def training_record(log_path, n_train):
+    """Per-epoch seconds, images/s and final training metrics from a Chainer LogReport file
+    (None if the weights came without their log)."""
+    if not os.path.exists(log_path):
+        return None
+    log = read_json(log_path)
+    if not log:
+        return None
+    elapsed = [entry["elapsed_time"] for entry in log]
+    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference.
+    epoch_seconds = np.diff([0.0] + elapsed).tolist()
+    return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
+            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
