@@ -32,6 +32,7 @@ from branchynet import authors as A
 from branchynet.io import write_json, write_text
 from branchynet.net import Branch, BranchyNet
 from branchynet.paper import TABLE_I
+from branchynet.report import machine_info
 from networks import REGISTRY, get_network
 
 NEAR = 1e-6  # a sample this close to a threshold may leave elsewhere by float rounding
@@ -508,7 +509,11 @@ def main(argv=None):
     route_n = min(args.route_samples or len(x), len(x))
     os.makedirs(args.out, exist_ok=True)
     info = {"command": "python -m experiments.authors " + " ".join(argv or sys.argv[1:]),
-            "ours": A.python_info(), "network": spec.name}
+            "ours": A.python_info(), "network": spec.name,
+            "machine": machine_info("@numpy"),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "load_average_start": list(os.getloadavg()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="authors-") as work, \
             A.AuthorsProcess(python, checkout) as their:
         info["theirs"] = {"chainer": their.info.get("chainer"), "checkout": checkout}
@@ -598,10 +603,15 @@ def main(argv=None):
         write_json(os.path.join(args.out, "timing.json"), {"info": info, **tim})
     if epoch:
         write_json(os.path.join(args.out, "epoch.json"), {"info": info, **epoch})
+    m = info["machine"]
     header = (f"# {spec.name}: ours against the authors' code\n\nSource of the weights: "
-              f"{info['source']}\nCommand: `{info['command']}`\n\n")
+              f"{info['source']}\n\nCommand: `{info['command']}`\n\nMachine: {m['cpu']}, "
+              f"{m['cpu_count']} cores, CPU only, OPENBLAS_NUM_THREADS={info['blas_threads']}; "
+              f"started {info['started']}, load average {info['load_average_start']} "
+              f"(1, 5, 15 min); ours: Python {m['python']}, Chainer {m['chainer']}, NumPy "
+              f"{m['numpy']}; theirs: Python 2.7, Chainer {info['theirs']['chainer']}\n\n")
     write_text(os.path.join(args.out, "tables.md"), header + text)
-    print(text)
+    print(header + text)
     if problems:
         print("NOT EQUIVALENT:\n  " + "\n  ".join(problems), file=sys.stderr)
         sys.exit(1)
