@@ -79,6 +79,11 @@ def parse_args(argv=None):
                    metavar=("BASELINE", "JOINT"),
                    help="without --model/--weights: train their initialised model with their "
                         "utils.train for these epochs (batch 512) first")
+    p.add_argument("--authors-train-steps", type=int, default=0, metavar="N",
+                   help="without --model/--weights: N baseline then N joint minibatches "
+                        "(--train-batch) of their training on their initialisation first "
+                        "(sets their BatchNorm statistics; a short alternative to "
+                        "--authors-train)")
     p.add_argument("--seed", type=int, default=0, help="seed of their initialisation")
     p.add_argument("--data-dir", help="dataset folder (else $BRANCHYNET_DATA, the cache)")
     p.add_argument("--test-samples", type=int, default=1000,
@@ -105,7 +110,7 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} is too small")
     if args.baseline_weights and not args.weights:
         p.error("--baseline-weights goes with --weights")
-    if (args.model or args.weights) and any(args.authors_train):
+    if (args.model or args.weights) and (any(args.authors_train) or args.authors_train_steps):
         p.error("--authors-train trains their own initialisation: not with --model/--weights")
     if args.train_steps is None:
         args.train_steps = 5 if args.network == "lenet_mnist" else 0
@@ -207,6 +212,12 @@ def training_check(their, spec, data, steps, batch, seed, arrays_trained, work):
     ours_joint = A.run_train_steps(net, bx, by)
     after = A.load_interchange(os.path.join(work, "after_joint.npz"))
     mine = A.to_interchange(net, "branchy")
+    diffs = sorted(((float(np.abs(mine[k] - after[k]).max()), k) for k in mine
+                    if k.endswith(("/W", "/b", "gamma", "beta"))), reverse=True)
+    out["joint_largest_weight_differences"] = [{"array": k, "max_abs": d} for d, k in diffs[:5]]
+    flat = [np.abs(mine[k] - after[k]) for k in mine if k.endswith(("/W", "/b", "gamma", "beta"))]
+    out["joint_fraction_of_weights_apart"] = float(
+        sum(int((d > 1e-5).sum()) for d in flat) / sum(d.size for d in flat))
     out["joint"] = {"theirs": theirs_joint.tolist(), "ours": ours_joint.tolist(),
                     "max_rel": float(np.max(np.abs(ours_joint - theirs_joint) / theirs_joint)),
                     "weights_max_abs_after": float(max(np.abs(mine[k] - after[k]).max()
@@ -425,8 +436,11 @@ def tables(eq, train, tim, epoch, spec):
                 lines.append(f"| {phase} | {s + 1} | {', '.join(f'{v:.6f}' for v in t[s])} | "
                              f"{', '.join(f'{v:.6f}' for v in o[s])} | "
                              f"{np.max(np.abs(o[s] - t[s]) / t[s]):.1e} |")
-        lines.append(f"\nJoint phase, largest parameter difference after {train['steps']} steps: "
-                     f"{train['joint']['weights_max_abs_after']:.2e}")
+        lines.append(f"\nJoint phase, largest parameter differences after {train['steps']} steps: "
+                     + ", ".join(f"{d['array']} {d['max_abs']:.2e}"
+                                 for d in train["joint_largest_weight_differences"][:3])
+                     + f"; weights more than 1e-5 apart: "
+                       f"{100 * train['joint_fraction_of_weights_apart']:.3f}%")
         q = train["their_pipeline"]
         lines.append(f"\nTheir pipeline (baseline steps, then joint steps, as their script runs "
                      f"them): their B-net's final exit after the baseline phase is still its "
@@ -551,6 +565,18 @@ def main(argv=None):
                 info["source"] += (f", trained by their utils.train: {args.authors_train[0]} "
                                    f"baseline + {args.authors_train[1]} joint epochs, batch 512")
                 log(f"[authors] wrote their trained model {bn}")
+            if args.authors_train_steps:
+                n, b = args.authors_train_steps, args.train_batch
+                idx = np.random.RandomState(args.seed + 2).permutation(len(data.train_y))[:n * b]
+                path = os.path.join(work, "pretrain.npz")
+                _save_npz(path, x=data.train_x[idx].reshape((n, b) + data.train_x.shape[1:]),
+                          y=data.train_y[idx].reshape(n, b))
+                for phase in ("main", "joint"):
+                    losses = their.call("train_steps", phase=phase, batches=path,
+                                        fresh_optimizers=(phase == "main"))["losses"]
+                    log(f"[authors] their {phase} phase, {n} steps: last loss {losses[-1]}")
+                info["source"] += (f", trained by their train_main() then train() on {n} + {n} "
+                                   f"minibatches of {b}")
         desc = their.call("export", path=os.path.join(work, "theirs.npz"))
         info["their_model"] = {k: v for k, v in desc.items() if k != "layers"}
         arrays = A.load_interchange(os.path.join(work, "theirs.npz"))
