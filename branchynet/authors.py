@@ -285,6 +285,23 @@ def from_interchange(net, arrays, view="branchy"):
     return net
 
 
+def float64_copy(net):
+    """A float64 copy of ``net`` (parameters and persistent arrays): a reference that shows
+    how far float32 rounding alone moves the outputs of the given weights."""
+    import copy
+    ref = copy.deepcopy(net)
+    for link in ref.links():
+        for name in link._params:
+            param = getattr(link, name)
+            if param.array is not None:
+                param.array = param.array.astype(np.float64)
+        for name in getattr(link, "_persistent", ()):
+            value = getattr(link, name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                setattr(link, name, value.astype(np.float64))
+    return ref
+
+
 def load_interchange(path):
     with np.load(path) as data:
         return dict(data.items())
@@ -341,10 +358,11 @@ def run_train_steps(net, batches_x, batches_y, lr=0.001):
     optimizer = chainer.optimizers.Adam(alpha=lr)
     optimizer.setup(net)
     losses = []
+    dtype = next(net.params()).dtype  # float64 for a ``float64_copy``
     with chainer.using_config("train", True):
         for x, y in zip(batches_x, batches_y):
             net.cleargrads()
-            outputs = net(np.asarray(x, np.float32))
+            outputs = net(np.asarray(x, dtype))
             exit_losses = [chainer.functions.softmax_cross_entropy(o, np.asarray(y, np.int32))
                            for o in outputs]
             loss = sum(exit_losses[1:], exit_losses[0])
