@@ -324,7 +324,9 @@ def compare_logits(ours, theirs):
     diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
     scale = float(np.abs(theirs).max()) if theirs.size else 0.0
     return {"max_abs": diff, "max_rel": diff / scale if scale else diff,
-            "argmax_equal": float((ours.argmax(1) == theirs.argmax(1)).mean())}
+            "argmax_equal": float((ours.argmax(1) == theirs.argmax(1)).mean()),
+            "nonfinite_ours": int((~np.isfinite(ours)).any(axis=1).sum()),
+            "nonfinite_theirs": int((~np.isfinite(theirs)).any(axis=1).sum())}
 
 
 def our_entropies(logits):

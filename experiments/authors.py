@@ -524,6 +524,10 @@ def verdict(eq, train):
     problems = []
     for n, row in enumerate(eq["exits"] + [eq["baseline"]]):
         name = f"exit {n + 1}" if n < len(eq["exits"]) else "baseline"
+        if row["nonfinite_ours"] or row["nonfinite_theirs"]:
+            problems.append(f"{name}: logits not finite for {row['nonfinite_theirs']} sample(s) "
+                            f"of theirs and {row['nonfinite_ours']} of ours (no comparison)")
+            continue
         if row["max_rel"] > LOGIT_RTOL and not rounding_limited(row):
             problems.append(f"{name} logits differ by {row['max_rel']:.1e} of the largest, "
                             f"more than float32 rounding explains")

@@ -234,3 +234,22 @@ def test_live_cifar_networks_at_their_init(name, tmp_path, data_dir):
                "--network", name, "--test-samples", "20", "--route-samples", "4",
                "--out", str(tmp_path)])
     assert json.load(open(tmp_path / "equivalence.json"))["problems"] == []
+
+
+def test_verdict_tells_rounding_from_a_real_difference():
+    def row(rel, ours64, theirs64):
+        return {"max_rel": rel, "ours_vs_float64": ours64, "theirs_vs_float64": theirs64,
+                "nonfinite_ours": 0, "nonfinite_theirs": 0, "entropy_max_abs": 0.0, "entropy_ours_vs_float64": 0.0,
+                "entropy_theirs_vs_float64": 0.0}
+    routing = [{"differ_far": 0, "thresholds": [0.025]}]
+    fine = {"exits": [row(2e-7, 3e-7, 3e-7)], "baseline": row(2e-7, 3e-7, 3e-7), "routing": routing}
+    assert tool.verdict(fine, None) == []
+    # ill-conditioned outputs: both float32 results equally far from float64
+    sensitive = dict(fine, exits=[row(2e-4, 1.5e-4, 2e-4)])
+    assert tool.verdict(sensitive, None) == []
+    wrong = dict(fine, exits=[row(2e-2, 3e-7, 2e-2)])
+    assert "more than float32 rounding explains" in tool.verdict(wrong, None)[0]
+    far = dict(fine, routing=[{"differ_far": 2, "thresholds": [0.025]}])
+    assert "2 exit decision(s) differ" in tool.verdict(far, None)[0]
+    nan = dict(fine, exits=[dict(row(float("nan"), 0.0, 0.0), nonfinite_ours=0, nonfinite_theirs=3)])
+    assert "not finite for 3 sample(s) of theirs" in tool.verdict(nan, None)[0]
