@@ -146,9 +146,14 @@ def cmd_build(network, seed=0):
 
 def cmd_load_bn(path):
     import dill
-    with open(path, "rb") as f:
-        net = dill.load(f)
-    net.to_cpu()
+    try:
+        with open(path, "rb") as f:
+            net = dill.load(f)
+        net.to_cpu()
+    except Exception as err:
+        raise ValueError("%s is not a model saved by their code (dill.dump of their "
+                         "BranchyNet, as their experiment scripts do): %s: %s"
+                         % (path, type(err).__name__, err))
     net.testing()
     STATE["net"] = net
     return describe(net)

@@ -188,8 +188,9 @@ class AuthorsProcess:
                                f"{''.join(self.stderr_tail)}")
         reply = json.loads(line)
         if not reply["ok"]:
-            raise AuthorsError(f"{cmd!r} failed in the authors' code: {reply['error']}\n"
-                               f"{reply['traceback']}")
+            err = AuthorsError(f"{cmd!r} failed in the authors' code: {reply['error']}")
+            err.their_traceback = reply["traceback"]
+            raise err
         return reply["result"]
 
     def close(self):

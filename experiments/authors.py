@@ -549,36 +549,8 @@ def verdict(eq, train):
     return problems
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        checkout = A.check_checkout(args.authors_repo)
-        python = A.ensure_env(checkout, args.python2, args.env, log=log)
-    except A.AuthorsSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    spec = get_network(args.network)
-    thresholds = args.thresholds or paper_thresholds(spec)
-    n_exits = len(spec_exits(spec))
-    if len(thresholds) != n_exits - 1:
-        print(f"error: --thresholds: {spec.name} has {n_exits} exits, so it needs "
-              f"{n_exits - 1} threshold(s), got {len(thresholds)}", file=sys.stderr)
-        sys.exit(2)
-    from branchynet.datasets import DatasetError, load_dataset
-    try:
-        data = load_dataset(spec.dataset, args.data_dir, **spec.dataset_options)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    x, y = data.test_x[:args.test_samples], data.test_y[:args.test_samples]
-    route_n = min(args.route_samples or len(x), len(x))
-    os.makedirs(args.out, exist_ok=True)
-    info = {"command": "python -m experiments.authors " + " ".join(argv or sys.argv[1:]),
-            "ours": A.python_info(), "network": spec.name,
-            "machine": machine_info("@numpy"),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "load_average_start": list(os.getloadavg()),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+def _compare(args, spec, data, x, y, route_n, thresholds, checkout, python, info):
+    """Everything that talks to their process; returns the results."""
     with tempfile.TemporaryDirectory(prefix="authors-") as work, \
             A.AuthorsProcess(python, checkout) as their:
         info["theirs"] = {"chainer": their.info.get("chainer"), "checkout": checkout}
@@ -668,6 +640,47 @@ def main(argv=None):
         if args.write_fixture:
             write_fixture(args.write_fixture, spec, arrays, eq, train, x, y, info)
             log(f"[authors] wrote the fixture to {args.write_fixture}")
+    return eq, train, tim, epoch
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        checkout = A.check_checkout(args.authors_repo)
+        python = A.ensure_env(checkout, args.python2, args.env, log=log)
+    except A.AuthorsSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    spec = get_network(args.network)
+    thresholds = args.thresholds or paper_thresholds(spec)
+    n_exits = len(spec_exits(spec))
+    if len(thresholds) != n_exits - 1:
+        print(f"error: --thresholds: {spec.name} has {n_exits} exits, so it needs "
+              f"{n_exits - 1} threshold(s), got {len(thresholds)}", file=sys.stderr)
+        sys.exit(2)
+    from branchynet.datasets import DatasetError, load_dataset
+    try:
+        data = load_dataset(spec.dataset, args.data_dir, **spec.dataset_options)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    x, y = data.test_x[:args.test_samples], data.test_y[:args.test_samples]
+    route_n = min(args.route_samples or len(x), len(x))
+    os.makedirs(args.out, exist_ok=True)
+    info = {"command": "python -m experiments.authors " + " ".join(argv or sys.argv[1:]),
+            "ours": A.python_info(), "network": spec.name,
+            "machine": machine_info("@numpy"),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "load_average_start": list(os.getloadavg()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    try:
+        eq, train, tim, epoch = _compare(args, spec, data, x, y, route_n, thresholds, checkout,
+                                         python, info)
+    except A.AuthorsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if getattr(err, "their_traceback", None):
+            print(f"(in their process:)\n{err.their_traceback}", file=sys.stderr)
+        sys.exit(1)
     text = tables(eq, train, tim, epoch, spec)
     problems = verdict(eq, train)
     eq.pop("fixture")

@@ -253,3 +253,14 @@ def test_verdict_tells_rounding_from_a_real_difference():
     assert "2 exit decision(s) differ" in tool.verdict(far, None)[0]
     nan = dict(fine, exits=[dict(row(float("nan"), 0.0, 0.0), nonfinite_ours=0, nonfinite_theirs=3)])
     assert "not finite for 3 sample(s) of theirs" in tool.verdict(nan, None)[0]
+
+
+@pytest.mark.slow
+def test_live_not_a_model_is_a_clear_error(tmp_path, data_dir):
+    checkout, env = _live()
+    bogus = tmp_path / "bogus.bn"
+    bogus.write_text("not a model")
+    out = _run_tool("--authors-repo", checkout, "--env", env, "--data-dir", data_dir,
+                    "--model", str(bogus), "--test-samples", "10", "--out", str(tmp_path / "o"))
+    assert out.returncode == 1
+    assert "is not a model saved by their code" in out.stderr
