@@ -556,7 +556,7 @@ def _compare(args, spec, data, x, y, route_n, thresholds, checkout, python, info
         info["theirs"] = {"chainer": their.info.get("chainer"), "checkout": checkout}
         if args.model:
             log(f"[authors] loading their model {args.model}")
-            desc = their.call("load_bn", path=os.path.abspath(args.model))
+            their.call("load_bn", path=os.path.abspath(args.model))
             info["source"] = f"their model {args.model}"
         elif args.weights:
             from branchynet.training import load_weights
@@ -566,6 +566,7 @@ def _compare(args, spec, data, x, y, route_n, thresholds, checkout, python, info
             if args.baseline_weights:
                 base = load_weights(args.baseline_weights, BranchyNet(spec.build(), main_only=True))
                 arrays.update(A.to_interchange(base, "main"))
+            sent = arrays
             _save_npz(os.path.join(work, "ours.npz"), **arrays)
             their.call("build", network=spec.name, seed=args.seed)
             their.call("import", path=os.path.join(work, "ours.npz"))
@@ -603,6 +604,10 @@ def _compare(args, spec, data, x, y, route_n, thresholds, checkout, python, info
         desc = their.call("export", path=os.path.join(work, "theirs.npz"))
         info["their_model"] = {k: v for k, v in desc.items() if k != "layers"}
         arrays = A.load_interchange(os.path.join(work, "theirs.npz"))
+        if args.weights:  # ours -> theirs: their network now holds exactly our arrays
+            info["ours_to_theirs_exact"] = bool(all(np.array_equal(arrays[k], v)
+                                                    for k, v in sent.items()))
+            log(f"[authors] ours -> theirs exact: {info['ours_to_theirs_exact']}")
         A.save_interchange(os.path.join(args.out, "theirs_interchange.npz"), arrays)
         net, baseline = _our_nets(spec, arrays)
         from branchynet.training import save_weights

@@ -219,6 +219,8 @@ def test_live_ours_to_theirs(tmp_path, data_dir):
                "--weights", str(tmp_path / "ours.npz"), "--test-samples", "50",
                "--train-steps", "0", "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "ours_as_theirs.bn").stat().st_size > 0
+    result = json.load(open(tmp_path / "out" / "equivalence.json"))
+    assert result["info"]["ours_to_theirs_exact"] and result["problems"] == []
     back = A.load_interchange(str(tmp_path / "out" / "theirs_interchange.npz"))
     for key, value in A.to_interchange(net, "branchy").items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)
