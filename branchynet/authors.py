@@ -15,7 +15,8 @@ an *interchange* npz:
 * ``j``: index among the layers of that place that hold parameters or persistent values
   (convolutions, linears, BatchNorms, ResBlocks; functions are skipped on both sides).
 * ``name``: path inside the layer: ``W``, ``b``, ``gamma``, ``beta``, ``avg_mean``,
-  ``avg_var``, ``N``, ``conv1/W``, ``bn2/avg_var``, ...
+  ``avg_var``, ``N``, ``conv1/W``, ``bn2/avg_var``, ... (``avg_var`` in their convention,
+  which includes BatchNorm's eps: ours is stored minus eps, see ``_var_to_ours``).
 
 So our parameter ``/trunk/1/2/W`` (segment 1, third parameterised layer) is
 ``branchy/trunk1/2/W``, and ``/exit2/0/b`` is ``branchy/exit2/0/b``. Their ``main`` holds
@@ -234,11 +235,30 @@ def _state_layers(seq):
     return [layer for layer in seq._layers if isinstance(layer, chainer.Link) and _has_state(layer)]
 
 
+# BatchNorm variance conventions. Chainer 1.17's BatchNormalization (on the CPU) adds eps
+# to the batch variance *before* averaging it into ``avg_var`` and divides by
+# sqrt(avg_var) at inference; Chainer 7 averages the variance without eps and divides by
+# sqrt(avg_var + eps). The interchange holds their convention; ours differs by eps.
+def _var_to_theirs(value, eps):
+    return (np.asarray(value, np.float64) + eps).astype(np.asarray(value).dtype)
+
+
+def _var_to_ours(value, eps):
+    return (np.asarray(value, np.float64) - eps).astype(np.asarray(value).dtype)
+
+
+def _is_bn_var(sub, key):
+    return key == "avg_var" and isinstance(sub, chainer.links.BatchNormalization)
+
+
 def _layer_arrays(link):
     out = {name.lstrip("/"): np.asarray(p.array) for name, p in link.namedparams()}
     for path, sub in link.namedlinks():
         for key in sorted(getattr(sub, "_persistent", ())):
-            out[(path.lstrip("/") + "/" + key).lstrip("/")] = np.asarray(getattr(sub, key))
+            value = np.asarray(getattr(sub, key))
+            if _is_bn_var(sub, key):
+                value = _var_to_theirs(value, sub.eps)
+            out[(path.lstrip("/") + "/" + key).lstrip("/")] = value
     return out
 
 
@@ -275,7 +295,9 @@ def from_interchange(net, arrays, view="branchy"):
                     if key not in arrays:
                         raise ValueError(f"interchange weights lack {key}")
                     value = getattr(sub, attr)
-                    if isinstance(value, np.ndarray):
+                    if _is_bn_var(sub, attr):
+                        value[...] = _var_to_ours(arrays[key], sub.eps)
+                    elif isinstance(value, np.ndarray):
                         value[...] = arrays[key]
                     else:
                         setattr(sub, attr, type(value)(arrays[key]))
@@ -301,6 +323,21 @@ def float64_copy(net):
             if isinstance(value, np.ndarray) and value.dtype.kind == "f":
                 setattr(link, name, value.astype(np.float64))
     return ref
+
+
+def same_arrays(a, b):
+    """True if two interchange dicts hold the same arrays: bit for bit, except BatchNorm
+    variances, which the eps shift between conventions may move by one float32 ulp."""
+    if set(a) != set(b):
+        return False
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        if key.endswith("avg_var"):
+            if x.shape != y.shape or not np.all(np.abs(x - y) <= 2 * np.spacing(np.abs(y))):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
 
 
 def load_interchange(path):

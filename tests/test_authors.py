@@ -266,3 +266,29 @@ def test_live_not_a_model_is_a_clear_error(tmp_path, data_dir):
                     "--model", str(bogus), "--test-samples", "10", "--out", str(tmp_path / "o"))
     assert out.returncode == 1
     assert "is not a model saved by their code" in out.stderr
+
+
+def test_batchnorm_variance_follows_their_convention():
+    """Their Chainer 1.17 BatchNorm divides by sqrt(avg_var) at inference (eps is inside
+    their avg_var); ours divides by sqrt(avg_var + eps): the interchange is theirs, and
+    loading it reproduces their normalisation."""
+    import chainer
+    spec = get_network("resnet110_cifar10")
+    net = BranchyNet(spec.build())
+    arrays = A.to_interchange(net, "branchy")
+    bn = net.trunk[0][1]
+    rng = np.random.RandomState(0)
+    theirs_var = rng.uniform(1e-4, 2.0, 16).astype(np.float32)
+    theirs_mean = rng.randn(16).astype(np.float32)
+    arrays["branchy/trunk0/1/avg_var"] = theirs_var
+    arrays["branchy/trunk0/1/avg_mean"] = theirs_mean
+    A.from_interchange(net, arrays, "branchy")
+    x = rng.randn(2, 16, 4, 4).astype(np.float32)
+    with chainer.using_config("train", False):
+        ours = bn(x).array
+    g, b = bn.gamma.array[None, :, None, None], bn.beta.array[None, :, None, None]
+    theirs = g * (x - theirs_mean[None, :, None, None]) / np.sqrt(theirs_var)[None, :, None, None] + b
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
+    back = A.to_interchange(net, "branchy")
+    assert A.same_arrays(back, arrays)
+    np.testing.assert_allclose(back["branchy/trunk0/1/avg_var"] - bn.avg_var, bn.eps, atol=5e-7)
