@@ -306,6 +306,27 @@ def cmd_train_steps(phase, batches, fresh_optimizers=True):
     return {"losses": losses}
 
 
+def cmd_grads(phase, batches, out):
+    """Gradients of their train_main() loss ('main') on the first minibatch, no update,
+    as interchange arrays of the main view."""
+    net = STATE["net"]
+    with np.load(batches) as data:
+        x = Variable(np.asarray(data["x"][0], np.float32))
+        t = Variable(np.asarray(data["y"][0], np.int32))
+    net.training()
+    net.main.zerograds()
+    loss = net.main.train(x, t)
+    loss.backward()
+    arrays = {}
+    for place, links in _places(net, "main"):
+        for j, link in enumerate(_param_links(links)):
+            for name, param in link.namedparams():
+                arrays["main/%s/%d/%s" % (place, j, name.lstrip("/"))] = np.asarray(param.grad)
+    net.testing()
+    _atomic_npz(out, arrays)
+    return {"loss": float(loss.data)}
+
+
 def cmd_load_timing_data(x):
     with np.load(x) as data:
         STATE["x"], STATE["y"] = data["x"].astype(np.float32), data["y"].astype(np.int32)

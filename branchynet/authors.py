@@ -272,6 +272,16 @@ def to_interchange(net, view="branchy"):
     return arrays
 
 
+def interchange_grads(net, view="branchy"):
+    """The gradients held by our ``net``'s parameters, named as in the interchange."""
+    arrays = {}
+    for place, seq in _places(net):
+        for j, layer in enumerate(_state_layers(seq)):
+            for name, param in layer.namedparams():
+                arrays[f"{view}/{place}/{j}/{name.lstrip('/')}"] = np.asarray(param.grad)
+    return arrays
+
+
 def from_interchange(net, arrays, view="branchy"):
     """Load interchange arrays of ``view`` into our ``BranchyNet``; every parameter and
     persistent value must be present with its shape, and every array of the view used."""
@@ -327,13 +337,16 @@ def float64_copy(net):
 
 def same_arrays(a, b):
     """True if two interchange dicts hold the same arrays: bit for bit, except BatchNorm
-    variances, which the eps shift between conventions may move by one float32 ulp."""
+    variances, which the eps shift between conventions may move by an ulp (of the value,
+    or of a value near eps)."""
     if set(a) != set(b):
         return False
     for key in a:
         x, y = np.asarray(a[key]), np.asarray(b[key])
         if key.endswith("avg_var"):
-            if x.shape != y.shape or not np.all(np.abs(x - y) <= 2 * np.spacing(np.abs(y))):
+            # one ulp of the value or of eps, whichever is larger (0 - eps + eps != 0)
+            ulp = np.spacing(np.maximum(np.abs(y), np.float32(1e-4)).astype(y.dtype))
+            if x.shape != y.shape or not np.all(np.abs(x - y) <= 2 * ulp):
                 return False
         elif not np.array_equal(x, y):
             return False
