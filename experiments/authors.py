@@ -820,7 +820,8 @@ def main(argv=None):
         print("NOT EQUIVALENT:\n  " + "\n  ".join(problems), file=sys.stderr)
         sys.exit(1)
     print(f"equivalent within tolerance (logits {LOGIT_RTOL:g} of the largest, entropies "
-          f"{ENTROPY_ATOL:g}, losses {LOSS_RTOL:g} relative); results in {args.out}")
+          f"{ENTROPY_ATOL:g}, losses {LOSS_RTOL:g} relative, or no farther from float64 than "
+          f"{ROUNDING_FACTOR}x our own float32 rounding); results in {args.out}")
 
 
 if __name__ == "__main__":
