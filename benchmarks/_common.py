@@ -1,11 +1,21 @@
-"""What the benchmark scripts share: arguments, weights, the knee, timing helpers, JSON.
+"""What the benchmark scripts share: options, the experiment they measure, extra timing
+variants, JSON.
 
-Weights come either from a results folder of ``python -m experiments.run`` (``--results
-DIR``: baseline.npz, branchynet.npz, exit_outputs.npz and, when present, timing_<dev>.json)
-or from a short training run inside the script, cached under
-``<cache>/benchmark-weights/<network>-<hash of the settings>/`` so that the four scripts
-and reruns train each setting once. Timing barely depends on the weights, except through
-the exit fractions at the knee; every JSON records which weights were used.
+The data, networks, weights, exit outputs and knee come from the runner's own object,
+``branchynet.experiment.Experiment``: either a results folder of ``python -m
+experiments.run`` (``--results DIR``, read with ``Experiment.from_results``: its weights,
+its cached exit outputs and, for the knee, its timing record) or the runner's data and
+training stages run here on a quick setting, in a weights cache folder
+``<cache>/benchmark-weights/<network>-<hash of the settings>/`` so that the scripts and
+reruns train each setting once. Every JSON records which weights were used.
+
+Every latency the scripts report is timed by ``branchynet.timing.interleave``
+(``--timing-rounds`` rounds, variants alternating in blocks of ``--block`` samples): a
+figure is the median over rounds with its quartiles, a gain the median of the per-round
+paired ratios with their [min, max] as interval. The variants here (``PlainPath``,
+``Within``) are timed alongside the library's ``EndToEnd`` and ``TrunkOnly``. Only the
+framework constants (``per_call_overhead_us``, ``peak_gflops``) time no network and are
+measured on their own.
 """
 import argparse
 import contextlib
@@ -20,16 +30,15 @@ import chainer.links as L
 import numpy as np
 from chainer import backend
 
-from branchynet.datasets import cache_dir, load_dataset
-from branchynet.frontier import inc_points, knee
+from branchynet.datasets import cache_dir
+from branchynet.experiment import SELECTION_KEYS, Experiment
 from branchynet.io import read_json, write_json
-from branchynet.net import BranchyNet
+from branchynet.provenance import blas_settings
 from branchynet.report import device_label, machine_info
-from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid,
-                              predict_runtime, threshold_grid)
-from branchynet.timing import exit_path_latency, synchronize
-from branchynet.training import load_weights, save_weights, train
-from networks import REGISTRY, get_network
+from branchynet.timing import (Interleaved, interval_coverage, loadavg, measure_latency,
+                               synchronize)
+from branchynet.training import load_weights, recalibrate_batchnorm, save_weights
+from networks import get_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -52,15 +61,16 @@ def parser(description, defaults):
     """
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--network", default="lenet_mnist", choices=sorted(REGISTRY),
-                   help="registered network (default: %(default)s)")
+    p.add_argument("--network", default="lenet_mnist",
+                   help="a network as the runner takes it: a registered name, FILE.py:NAME, "
+                   "package.module:NAME or an installed plug-in (default: %(default)s)")
     p.add_argument("--device", default="@numpy",
                    help="Chainer device specifier, e.g. @numpy or @cupy:0 (default: %(default)s)")
     p.add_argument("--out", help="JSON file to write (default: benchmarks/results/"
                    "<benchmark>_<network>_<device>.json)")
     p.add_argument("--results", metavar="DIR",
-                   help="use the weights (and cached exit outputs) of this experiments.run "
-                   "results folder instead of training briefly here")
+                   help="use the weights, cached exit outputs and timing record of this "
+                   "experiments.run results folder instead of training briefly here")
     p.add_argument("--data-dir", help="dataset folder (default: $BRANCHYNET_DATA, then the cache)")
     p.add_argument("--train-limit", type=int,
                    help="quick training: first N training images (default: per network)")
@@ -71,6 +81,14 @@ def parser(description, defaults):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--weights-cache", default=os.path.join(cache_dir(), "benchmark-weights"),
                    help="where quickly trained weights are kept (default: %(default)s)")
+    p.add_argument("--timing-rounds", type=int, default=5,
+                   help="interleaved rounds of every timing; figures are medians over the "
+                   "rounds (default: %(default)s)")
+    p.add_argument("--block", type=int,
+                   help="samples per interleaved block of timings (default: per network, else 10)")
+    p.add_argument("--warmup", type=int,
+                   help="untimed calls of every timing variant before round 1 (default: per "
+                   "network, else 2)")
     p.add_argument("--blas-threads", type=int,
                    help="limit the BLAS library's threads (threadpoolctl); default: as the "
                    "library starts (OPENBLAS_NUM_THREADS etc. apply)")
@@ -80,16 +98,27 @@ def parser(description, defaults):
 
 def finish_args(args, name):
     """Fill per-network defaults (options left at None), the device and the output path."""
+    try:
+        spec = get_network(args.network)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if spec.dataset is None and args.network not in QUICK_TRAINING and not args.results:
+        raise SystemExit(f"error: {args.network} names no dataset; benchmark it from a runner "
+                         f"results folder: --results DIR")
     for key, value in args._defaults.get(args.network, {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    quick = QUICK_TRAINING[args.network] if args.network in QUICK_TRAINING else \
-        {"dataset": get_network(args.network).dataset, "train_limit": 1000, "epochs": 1,
-         "batch_size": 64}
+    quick = QUICK_TRAINING.get(args.network) or {
+        "dataset": get_network(args.network).dataset, "train_limit": 1000, "epochs": 1,
+        "batch_size": 64}
     args.train_limit = args.train_limit or quick["train_limit"]
     args.epochs = args.epochs if args.epochs is not None else quick["epochs"]
     args.train_batch_size = args.train_batch_size or quick["batch_size"]
     args.quick_dataset = quick["dataset"]
+    args.block = args.block or 10
+    args.warmup = args.warmup if args.warmup is not None else 2
+    if args.timing_rounds < 1 or args.block < 1:
+        raise SystemExit("error: --timing-rounds and --block must be >= 1")
     if args.blas_threads:
         try:
             from threadpoolctl import threadpool_limits
@@ -101,7 +130,7 @@ def finish_args(args, name):
     except Exception as err:
         raise SystemExit(f"error: --device {args.device!r} is not a usable Chainer device ({err})")
     args.out = args.out or os.path.join(
-        RESULTS_DIR, f"{name}_{args.network}_{device_label(args.chainer_device)}.json")
+        RESULTS_DIR, f"{name}_{spec.slug}_{device_label(args.chainer_device)}.json")
     return args
 
 
@@ -110,210 +139,198 @@ def log(text):
 
 
 # ---------------------------------------------------------------------------------------
-# Data and weights
+# The experiment a benchmark measures
 
 
 class Setup:
-    """Everything a benchmark needs about one network: spec, data, nets, weights info."""
+    """An ``Experiment`` with its networks and data loaded, and where the weights came from."""
 
-    def __init__(self, spec, data, baseline, branchy, weights, results=None):
-        self.spec, self.data, self.baseline, self.branchy = spec, data, baseline, branchy
-        self.weights = weights          # a description for the JSON
-        self.results = results          # the --results folder, if any
-
-    def cached_outputs(self):
-        """The results folder's cached exit outputs (its whole test set), or None."""
-        path = self.results and os.path.join(self.results, "exit_outputs.npz")
-        return ExitOutputs.load(path) if path and os.path.exists(path) else None
-
-    def cached_path_ms(self, device):
-        """Exit-path latencies (ms) the runner measured on this device, or None."""
-        path = self.results and os.path.join(self.results, f"timing_{device_label(device)}.json")
-        return read_json(path)["path_ms"] if path and os.path.exists(path) else None
+    def __init__(self, exp, weights):
+        self.exp, self.weights = exp, weights
+        self.spec, self.data = exp.spec, exp.data
+        self.baseline, self.branchy = exp.baseline, exp.branchy
 
 
-def _dataset(name, data_dir, options, seed=0):
-    from branchynet.datasets import DatasetError
-    try:
-        return load_dataset(name, data_dir, seed=seed, **options)
-    except DatasetError as err:
-        raise SystemExit(f"error: {err}")
+def prepare(args, test_samples=0, need_weights=True):
+    """The experiment of ``args.network``: data, baseline and B-net (on the CPU).
 
-
-def prepare(args, need_weights=True):
-    """Load the data and the trained baseline and B-net for ``args.network`` (on the CPU)."""
-    spec = get_network(args.network)
+    With ``--results`` the folder's settings, data and weights; else the quick setting,
+    trained here (or untrained when ``need_weights`` is false) on the first
+    ``test_samples`` test images (0: all).
+    """
     if args.results:
-        config = read_json(os.path.join(args.results, "config.json"))
-        if config["network"] != spec.name:
-            raise SystemExit(f"error: {args.results} holds a {config['network']} run, "
-                             f"not {spec.name}")
-        data = _dataset(config["dataset"], args.data_dir, config.get("dataset_options") or {},
-                        config.get("seed", 0))
-        if config.get("test_limit"):
-            data.test_x = data.test_x[:config["test_limit"]]
-            data.test_y = data.test_y[:config["test_limit"]]
-        baseline = load_weights(os.path.join(args.results, "baseline.npz"),
-                                BranchyNet(spec.build(), main_only=True))
-        branchy = load_weights(os.path.join(args.results, "branchynet.npz"),
-                               BranchyNet(spec.build()))
-        weights = {"source": "results folder", "path": os.path.abspath(args.results),
-                   "training": {k: config.get(k) for k in (
-                       "dataset", "dataset_options", "train_limit", "batch_size",
-                       "baseline_epochs", "branchy_epochs", "seed")}}
-        return Setup(spec, data, baseline, branchy, weights, args.results)
+        return _from_results(args)
+    return _quick(args, test_samples, need_weights)
 
-    data = _dataset(args.quick_dataset, args.data_dir, dict(spec.dataset_options), args.seed)
-    np.random.seed(args.seed)  # Chainer's initialisers draw from NumPy's global generator
-    baseline = BranchyNet(spec.build(), main_only=True)
-    branchy = BranchyNet(spec.build())
+
+def _from_results(args):
+    exp = Experiment.from_results(args.results, log=log)
+    if exp.spec.name != args.network:
+        raise SystemExit(f"error: {args.results} holds a {exp.spec.name} run, not {args.network}")
+    exp.s.data_dir = args.data_dir
+    _settings_checked(exp.load_data)
+    exp.build_networks()
+    load_weights(exp.path("baseline.npz"), exp.baseline)
+    load_weights(exp.path("branchynet.npz"), exp.branchy)
+    if all(os.path.exists(exp.path(f"exit_outputs{kind}.npz")) for kind in ("", "_baseline")):
+        exp.load_cached_outputs()
+    config = exp.config
+    weights = {"source": "results folder", "path": os.path.abspath(args.results),
+               "sha256": exp.weights_key(),
+               "training": {k: config.get(k) for k in (
+                   "dataset", "dataset_options", "train_limit", "batch_size",
+                   "baseline_epochs", "branchy_epochs", "seed")}}
+    return Setup(exp, weights)
+
+
+def _settings_checked(stage):
+    """Run an experiment stage; settings the data cannot serve end the script with the
+    runner's message (the library raises them as ValueError)."""
+    try:
+        return stage()
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _quick(args, test_samples, need_weights):
+    from experiments.run import parse_args as runner_args
+    spec = get_network(args.network)
     settings = {"network": spec.name, "dataset": args.quick_dataset,
                 "dataset_options": dict(spec.dataset_options), "train_limit": args.train_limit,
                 "epochs": args.epochs, "batch_size": args.train_batch_size, "seed": args.seed}
-    weights = {"source": "trained by the benchmark", "training": settings}
-    if not need_weights:
-        weights["source"] = "untrained (random initialisation)"
-        return Setup(spec, data, baseline, branchy, weights)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     folder = os.path.join(args.weights_cache, f"{spec.name}-{key}")
-    weights["cache"] = folder
-    paths = [os.path.join(folder, f"{n}.npz") for n in ("baseline", "branchynet")]
-    if all(os.path.exists(p) for p in paths):
-        load_weights(paths[0], baseline)
-        load_weights(paths[1], branchy)
-        log(f"[weights] {spec.name}: reusing {folder}")
-        return Setup(spec, data, baseline, branchy, weights)
-
-    x, y = data.train_x[:args.train_limit], data.train_y[:args.train_limit]
-    batch = min(args.train_batch_size, len(x))
-    device = args.chainer_device
+    argv = ["--network", spec.name, "--dataset", args.quick_dataset,
+            "--train-limit", str(args.train_limit), "--test-limit", str(test_samples),
+            "--baseline-epochs", str(args.epochs), "--branchy-epochs", str(args.epochs),
+            "--batch-size", str(min(args.train_batch_size, args.train_limit)),
+            "--seed", str(args.seed),
+            "--timing-samples", "0", "--timing-rounds", str(args.timing_rounds),
+            "--out", folder, "--no-progress"]
+    exp = Experiment(runner_args(argv + (["--data-dir", args.data_dir] if args.data_dir else [])),
+                     log=log)
+    _settings_checked(exp.load_data)
+    if not need_weights:
+        exp.build_networks()
+        return Setup(exp, {"source": "untrained (random initialisation)", "training": settings})
+    _settings_checked(exp.check_folder)
+    paths = {name: exp.path(f"{name}.npz") for name in ("baseline", "branchynet")}
+    fresh = [name for name, path in paths.items() if not os.path.exists(path)]
     start = time.perf_counter()
-    for name, net in (("baseline", baseline), ("branchynet", branchy)):
-        if name == "branchynet":
-            branchy.init_from_baseline(baseline)
-        train(net, x, y, args.epochs, batch, os.path.join(folder, name), device,
-              seed=args.seed, progress=False)
+    exp.train(args.chainer_device)
+    recalibrated = False
+    for name in fresh:
+        net = exp.baseline if name == "baseline" else exp.branchy
         net.to_device("@numpy")
-        recalibrated = recalibrate_batchnorm(net, x)
-        save_weights(os.path.join(folder, f"{name}.npz"), net)
-    weights["batchnorm_recalibrated"] = recalibrated
-    log(f"[weights] {spec.name}: trained baseline and B-net on {len(x)} {args.quick_dataset} "
-        f"images, {args.epochs}+{args.epochs} epoch(s), batch {batch}, in "
-        f"{time.perf_counter() - start:.0f} s" + (
-            "; BatchNorm statistics re-estimated on one batch" if recalibrated else ""))
-    return Setup(spec, data, baseline, branchy, weights)
+        recalibrated = recalibrate_batchnorm(net, exp.data.train_x)
+        if recalibrated:
+            save_weights(paths[name], net)
+    if fresh:
+        log(f"[weights] {spec.name}: trained {' and '.join(fresh)} on {len(exp.data.train_y)} "
+            f"{args.quick_dataset} images in {time.perf_counter() - start:.0f} s" + (
+                "; BatchNorm statistics re-estimated on one batch" if recalibrated else ""))
+    weights = {"source": "trained by the benchmark", "training": settings, "cache": folder,
+               "sha256": exp.weights_key()}
+    return Setup(exp, weights)
 
 
-def recalibrate_batchnorm(net, x, batch_size=256):
-    """Set BatchNorm running statistics to those of one training batch ("precise BN").
+def exit_outputs(setup, device):
+    """The experiment's exit outputs and exact sweep: the results folder's cached outputs,
+    else computed now by the runner's stage (``Experiment.exit_outputs``, which caches them
+    in the folder, keyed to the weights and inputs)."""
+    exp = setup.exp
+    if exp.outputs is None:
+        exp.exit_outputs(device)
+    if exp.sweep is None:
+        exp.evaluate()
+    return exp.outputs
 
-    After a few training iterations the running averages (decay 0.9) are still far from
-    the batch statistics, and in inference mode the activations of a deep ResNet then grow
-    without bound, which distorts timing (huge values, slow float paths). Only the
-    running statistics change; returns whether the network has BatchNorm at all.
+
+def knee_point(setup, device, x, args):
+    """The knee as the runner picks it (``Experiment.select`` on a timing record).
+
+    The record is the results folder's ``timing_<device>.json`` when there is one with a
+    profile, else an exit-path profile measured now on ``x`` with ``measure_latency``
+    (``--timing-rounds`` rounds). Returns a dict with the thresholds, their accuracy and
+    exit fractions on the exit outputs, the exit-path medians, the frontier and the
+    profile.
     """
-    layers = [link for link in net.links() if isinstance(link, L.BatchNormalization)]
-    if not layers:
-        return False
-    decays = [link.decay for link in layers]
-    for link in layers:
-        link.decay = 0.0
-    try:
-        with chainer.using_config("train", True), chainer.no_backprop_mode():
-            net(net.xp.asarray(x[:batch_size]))
-    finally:
-        for link, decay in zip(layers, decays):
-            link.decay = decay
-    return True
-
-
-# ---------------------------------------------------------------------------------------
-# Knee selection, as the runner does it
-
-
-def exit_outputs_for(setup, device, samples, batch_size=500):
-    """Cached exit outputs of the first ``samples`` test images (the results folder's when
-    given, else computed now); returns ``(outputs, x, y)``."""
-    cached = setup.cached_outputs()
-    if cached is not None:
-        n = len(cached.labels)
-        return cached, setup.data.test_x[:n], setup.data.test_y[:n]
-    x, y = setup.data.test_x[:samples], setup.data.test_y[:samples]
-    setup.branchy.to_device(device)
-    return collect_exit_outputs(setup.branchy, x, y, batch_size, device), x, y
-
-
-def select_knee(spec, outputs, path_ms):
-    """Sweep the paper's grid exactly, predict runtimes, and pick the knee (runner's rule).
-
-    Returns a dict with the grid, the sweep, predicted runtimes, frontier and knee index.
-    """
-    grid = threshold_grid(spec.grid, outputs.n_exits)
-    sweep = evaluate_grid(outputs, grid)
-    predicted = predict_runtime(sweep.exit_fractions, path_ms)
-    frontier = inc_points(sweep.accuracy, predicted, spec.inc_amt)
-    index = knee(sweep.accuracy, predicted, frontier)
-    return {"grid": grid, "sweep": sweep, "predicted_ms": predicted, "frontier": frontier,
-            "index": index, "thresholds": [float(t) for t in sweep.thresholds[index]],
-            "accuracy": float(sweep.accuracy[index]),
-            "exit_fractions": sweep.exit_fractions[index].tolist()}
-
-
-def knee_for(setup, device, eval_samples, timing_x, warmup):
-    """The knee of ``setup``'s B-net, with exit-path latencies from the results folder's
-    timing file when there is one, else measured now on ``timing_x``."""
-    outputs, _, _ = exit_outputs_for(setup, device, eval_samples)
-    path_ms = setup.cached_path_ms(device)
-    source = "results folder"
-    if path_ms is None:
+    exp = setup.exp
+    outputs = exit_outputs(setup, device)
+    path = exp.path(f"timing_{exp.tag(device)}.json")
+    record = read_json(path) if args.results and os.path.exists(path) else {}
+    if "profile" in record:
+        machine = record.get("machine") or {}
+        source = (f"results folder ({os.path.basename(path)}, measured on "
+                  f"{machine.get('gpu') or machine.get('cpu')})")
+    else:
         setup.branchy.to_device(device)
-        path_ms = (1e3 * exit_path_latency(setup.branchy, timing_x, device, warmup)).tolist()
-        source = f"measured on {len(timing_x)} samples"
-    point = select_knee(setup.spec, outputs, path_ms)
-    point.update(path_ms=path_ms, path_ms_source=source, eval_samples=len(outputs.labels))
-    return point
+        setup.baseline.to_device(device)
+        profile, _ = measure_latency(setup.branchy, setup.baseline, x, device,
+                                     rounds=args.timing_rounds, block=args.block,
+                                     criterion=exp.s.criterion)
+        settings = {k: getattr(exp.s, k) for k in SELECTION_KEYS}
+        settings["grid"] = list(settings["grid"])
+        record = {"settings": settings, "profile": profile.to_json()}
+        source = f"measured now on {len(x)} test samples"
+    selection = exp.select(record)
+    k, sweep = int(selection["knee"]), exp.sweep
+    return {"thresholds": [float(t) for t in sweep.thresholds[k]],
+            "accuracy": float(sweep.accuracy[k]),
+            "exit_fractions": sweep.exit_fractions[k].tolist(),
+            "predicted_ms": float(selection["predicted"][k]),
+            "path_ms": selection["paths"]["path_ms"], "path_ms_source": source,
+            "frontier_thresholds": [sweep.thresholds[i].tolist() for i in selection["frontier"]],
+            "grid_points": len(sweep.accuracy), "eval_samples": len(outputs),
+            "profile": record["profile"]}
 
 
 # ---------------------------------------------------------------------------------------
-# Timing helpers that the library does not have
+# Timing variants the library does not have (callables i -> seconds, for ``interleave``)
 
 
-def _inference():
-    return chainer.using_config("train", False), chainer.no_backprop_mode()
-
-
-def time_plain_path(net, x, n, device, warmup=10, all_heads=False):
-    """Per-sample seconds of a plain forward to exit ``n`` at batch size 1, no routing.
+class PlainPath:
+    """A plain forward of sample ``i`` to exit ``n`` at batch size 1, no routing.
 
     Trunk segments up to exit ``n``, then head ``n`` and the argmax; the input is sent to
-    the device and the label back, with the same inference-mode settings per call as
-    ``BranchyNet.predict``, so only the exit decisions are missing. With ``all_heads``,
-    the heads of the exits before ``n`` run as well (their outputs unused): the compute
-    a sample leaving at exit ``n`` pays in early-exit inference, without the decisions.
+    the device and the label back, with the inference settings of ``BranchyNet.predict``,
+    so only the exit decisions are missing. With ``all_heads`` the heads of the exits
+    before ``n`` run as well (outputs unused): what a sample leaving at exit ``n`` computes
+    in early-exit inference, without the decisions.
     """
-    cpu = backend.CpuDevice()
 
-    def run(xi):
-        train_off, no_grad = _inference()
-        with train_off, no_grad:
-            h = device.send(xi)
-            for m in range(n + 1):
-                h = net.run_trunk(h, m)
-                if m < n and all_heads:
-                    net.heads[m](h)
-            label = chainer.as_array(net.heads[n](h)).argmax(axis=1)
-        return cpu.send(label)
+    def __init__(self, net, x, n, device, all_heads=False):
+        self.net, self.x, self.n, self.device, self.all_heads = net, x, n, device, all_heads
+        self.cpu = backend.CpuDevice()
 
-    for i in range(min(warmup, len(x))):
-        run(x[i:i + 1])
-    synchronize(device)
-    seconds = np.empty(len(x))
-    for i in range(len(x)):
+    def __call__(self, i):
         start = time.perf_counter()
-        run(x[i:i + 1])
-        synchronize(device)
-        seconds[i] = time.perf_counter() - start
-    return seconds
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            h = self.device.send(self.x[i:i + 1])
+            for m in range(self.n + 1):
+                h = self.net.run_trunk(h, m)
+                if m < self.n and self.all_heads:
+                    self.net.heads[m](h)
+            label = chainer.as_array(self.net.heads[self.n](h)).argmax(axis=1)
+        self.cpu.send(label)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+class Within:
+    """A variant run inside a context (made fresh per call by ``context()``), which stays
+    outside the variant's own clock reads."""
+
+    def __init__(self, variant, context):
+        self.variant, self.context = variant, context
+
+    def __call__(self, i):
+        with self.context():
+            return self.variant(i)
+
+
+def no_type_check():
+    return chainer.using_config("type_check", False)
 
 
 @contextlib.contextmanager
@@ -337,14 +354,14 @@ def batched_routing_only():
 
 def per_call_overhead_us(device, calls=2000):
     """Microseconds of Chainer's fixed cost per call, on a 1x1 array in inference mode:
-    ``F.identity`` (a FunctionNode) and a 1x1 ``L.Linear`` (a Link calling one function)."""
+    ``F.identity`` (a FunctionNode) and a 1x1 ``L.Linear`` (a Link calling one function);
+    the median of 5 runs."""
     import chainer.functions as F
     a = device.send(np.zeros((1, 1), np.float32))
     linear = L.Linear(1, 1)
     linear.to_device(device)
     result = {}
-    train_off, no_grad = _inference()
-    with train_off, no_grad:
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
         for name, fn in (("function_call_us", lambda: F.identity(a)),
                          ("link_call_us", lambda: linear(a)),
                          ("numpy_op_us", lambda: device.xp.maximum(a, 0))):
@@ -378,30 +395,57 @@ def peak_gflops(device, size=1024, repeats=5):
     return 2 * size ** 3 / min(runs) / 1e9
 
 
+def concatenate_rounds(parts):
+    """One ``Interleaved`` from several run one after the other (rounds appended)."""
+    names = parts[0].names
+    rounds = {k: np.concatenate([p.rounds_ms[k] for p in parts]) for k in names}
+    load = {"before": parts[0].load.get("before"), "after": parts[-1].load.get("after")}
+    return Interleaved(rounds, parts[0].samples, load)
+
+
+def round_stats(values):
+    """Median, quartiles, minimum and maximum of per-round values (e.g. seconds)."""
+    values = np.asarray(values, np.float64)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3),
+            "min": float(values.min()), "max": float(values.max())}
+
+
+def shifted(summary, by):
+    """A ``ratio_summary`` moved by ``by`` (e.g. -1: a ratio as an overhead)."""
+    return {**summary, "median": summary["median"] + by, "low": summary["low"] + by,
+            "high": summary["high"] + by}
+
+
+def difference_us(a, b):
+    """Per-round ``a - b`` (ms arrays) in microseconds: median and [min, max]."""
+    d = 1e3 * (np.asarray(a) - np.asarray(b))
+    return {"median": float(np.median(d)), "low": float(d.min()), "high": float(d.max())}
+
+
+def fmt_stats(stats):
+    """'0.630 ms [0.621, 0.644]': median and quartiles over the rounds."""
+    return f"{stats['median_ms']:.3f} ms [{stats['q1_ms']:.3f}, {stats['q3_ms']:.3f}]"
+
+
+def fmt_ratio(r, unit="x"):
+    """'1.38x [1.35, 1.41]': median and range of the per-round values; 'n.s.' when the
+    range includes 1 (a gain) or 0 (an overhead)."""
+    text = f"{r['median']:.2f}{unit} [{r['low']:.2f}, {r['high']:.2f}]"
+    return text if r.get("significant", True) else text + " n.s."
+
+
+def timing_note(timings):
+    """'(median of 5 interleaved rounds, 93.8% interval; load 1.02 -> 1.10)'."""
+    load = timings.load or {}
+    before, after = load.get("before"), load.get("after")
+    where = f"; load {before[0]:.2f} -> {after[0]:.2f}" if before and after else ""
+    return (f"(median of {timings.rounds} interleaved rounds, interval "
+            f"{100 * interval_coverage(timings.rounds):.1f}%{where})")
+
+
 # ---------------------------------------------------------------------------------------
 # Results
-
-
-def blas_info():
-    """The BLAS library NumPy uses and its thread count (threadpoolctl, when installed),
-    and the thread-count environment variables."""
-    env = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                      "MKL_NUM_THREADS") if k in os.environ}
-    try:
-        from threadpoolctl import threadpool_info
-        pools = [{k: p.get(k) for k in ("internal_api", "version", "num_threads")}
-                 for p in threadpool_info() if p.get("user_api") == "blas"]
-    except ImportError:
-        pools = None
-    return {"environment": env, "blas": pools}
-
-
-def loadavg():
-    """The 1, 5 and 15 minute load averages (cores busy, including waiting ones)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 class Report:
@@ -412,9 +456,13 @@ class Report:
         device = args.chainer_device
         self.doc = {"benchmark": benchmark, "network": args.network,
                     "device": device_label(device), "machine": machine_info(device),
-                    "cpu_cores": os.cpu_count(), "threads": blas_info(),
+                    "cpu_cores": os.cpu_count(), "threads": blas_settings(),
                     "load_at_start": loadavg(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "timing_method": "branchynet.timing.interleave: per figure the median over "
+                                     f"{args.timing_rounds} interleaved rounds of the per-round "
+                                     f"mean, with quartiles; gains paired per round, interval "
+                                     f"= [min, max] of the per-round ratios",
                     "settings": {k: v for k, v in vars(args).items()
                                  if not k.startswith("_") and k != "chainer_device"},
                     "weights": setup.weights if setup else None, "figures": {}}
@@ -441,3 +489,4 @@ def load_note(record):
     """' (load 1.23)' from a figure record: the 1-minute load average after it."""
     load = record.get("load_after") or record.get("load_before")
     return f" (load {load[0]:.2f})" if load else ""
+

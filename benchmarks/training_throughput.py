@@ -6,9 +6,13 @@
 One training iteration is what ``branchynet.training.train`` runs per minibatch: the
 ``JointLoss`` forward (every exit for the B-net, the final exit for the baseline), backward,
 and an Adam update (``optimizer.update``, as Chainer's StandardUpdater calls it), on real
-training images already in memory. --warmup iterations are run untimed, then --iterations
-timed (the device is synchronised before each clock read). The paper's batch sizes are
-512 (LeNet, AlexNet) and 64 (ResNet); the quick defaults use them except where noted.
+training images already in memory. The baseline's and the joint iterations alternate
+through ``branchynet.timing.interleave``: --warmup untimed iterations each, then
+--iterations timed ones per round for --timing-rounds rounds (the device is synchronised
+before each clock read). Images/s is the batch size over a round's mean seconds per
+iteration: median over rounds with quartiles; the joint/baseline time is the per-round
+ratio. The paper's batch sizes are 512 (LeNet, AlexNet) and 64 (ResNet); the quick
+defaults use them except where noted.
 
 The weights do not matter for throughput: both networks start from their initialisation.
 """
@@ -25,45 +29,42 @@ from chainer import optimizers  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from branchynet.net import JointLoss  # noqa: E402
-from branchynet.timing import synchronize  # noqa: E402
+from branchynet.timing import interleave, synchronize  # noqa: E402
 
 DEFAULTS = {
-    "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2},
-    "alexnet_cifar10": {"batch_size": 512, "iterations": 3, "warmup": 1},
-    "resnet110_cifar10": {"batch_size": 64, "iterations": 3, "warmup": 1},
+    "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2, "block": 1},
+    "alexnet_cifar10": {"batch_size": 512, "iterations": 3, "warmup": 1, "block": 1},
+    "resnet110_cifar10": {"batch_size": 64, "iterations": 3, "warmup": 1, "block": 1},
 }
 
 
 def parse_args(argv=None):
     p = C.parser(__doc__, DEFAULTS)
     p.add_argument("--batch-size", type=int, help="training batch size (default: the paper's)")
-    p.add_argument("--iterations", type=int, help="timed iterations")
-    p.add_argument("--warmup", type=int, help="untimed iterations first")
+    p.add_argument("--iterations", type=int, help="timed iterations per round")
     return C.finish_args(p.parse_args(argv), "training_throughput")
 
 
-def images_per_second(net, x, y, batch_size, iterations, warmup, device, seed=0):
-    """Seconds per iteration and images/s of joint training (``JointLoss`` + Adam)."""
-    model = JointLoss(net)
-    model.to_device(device)
-    optimizer = optimizers.Adam(alpha=0.001)
-    optimizer.setup(model)
-    rng = np.random.RandomState(seed)
-    batches = [rng.choice(len(x), batch_size, replace=False) for _ in range(warmup + iterations)]
-    seconds = []
-    for i, index in enumerate(batches):
-        xb, yb = device.send(x[index]), device.send(y[index])
-        synchronize(device)
+class TrainingStep:
+    """One ``JointLoss`` + Adam iteration on minibatch ``i`` (drawn once, seeded); returns
+    its seconds."""
+
+    def __init__(self, net, data, batch_size, device, seed=0):
+        self.model = JointLoss(net)
+        self.model.to_device(device)
+        self.optimizer = optimizers.Adam(alpha=0.001)
+        self.optimizer.setup(self.model)
+        self.x, self.y, self.batch_size, self.device = data.train_x, data.train_y, batch_size, device
+        self.rng = np.random.RandomState(seed)
+
+    def __call__(self, i):
+        index = self.rng.choice(len(self.x), self.batch_size, replace=False)
+        xb, yb = self.device.send(self.x[index]), self.device.send(self.y[index])
+        synchronize(self.device)
         start = time.perf_counter()
-        optimizer.update(model, xb, yb)
-        synchronize(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    per_iteration = float(np.mean(seconds))
-    return {"batch_size": batch_size, "iterations": iterations, "warmup": warmup,
-            "seconds_per_iteration": per_iteration,
-            "seconds_per_iteration_min": float(np.min(seconds)),
-            "images_per_s": batch_size / per_iteration}
+        self.optimizer.update(self.model, xb, yb)
+        synchronize(self.device)
+        return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -75,20 +76,27 @@ def main(argv=None):
     if args.batch_size > len(data.train_x):
         raise SystemExit(f"error: --batch-size {args.batch_size} exceeds the training set")
     tag = f"[training_throughput] {setup.spec.name} {report.doc['device']}"
+    variants = {"baseline": TrainingStep(setup.baseline, data, args.batch_size, device, args.seed),
+                "joint": TrainingStep(setup.branchy, data, args.batch_size, device, args.seed)}
+    with report.figure("timing") as fig:
+        t = interleave(variants, args.iterations, args.timing_rounds, args.block, args.warmup)
+        fig.update({"batch_size": args.batch_size, "iterations": args.iterations,
+                    "warmup": args.warmup, "timing": t.to_json()})
     for key, net in (("baseline", setup.baseline), ("joint", setup.branchy)):
         with report.figure(key) as fig:
-            fig.update(images_per_second(net, data.train_x, data.train_y, args.batch_size,
-                                         args.iterations, args.warmup, device, args.seed))
-            fig["exits_trained"] = net.n_exits
-        C.log(f"{tag}: {key} training {fig['images_per_s']:.1f} images/s (batch "
-              f"{args.batch_size}, {fig['seconds_per_iteration']:.3f} s per iteration, "
-              f"{net.n_exits} exit(s)){C.load_note(fig)}")
-    figures = report.doc["figures"]
+            fig.update({"batch_size": args.batch_size,
+                        "seconds_per_iteration": C.round_stats(t.rounds_ms[key] / 1e3),
+                        "images_per_s": C.round_stats(args.batch_size * 1e3 / t.rounds_ms[key]),
+                        "exits_trained": net.n_exits})
+        rate = fig["images_per_s"]
+        C.log(f"{tag}: {key} training {rate['median']:.1f} images/s [{rate['q1']:.1f}, "
+              f"{rate['q3']:.1f}] (batch {args.batch_size}, "
+              f"{fig['seconds_per_iteration']['median']:.3f} s per iteration, {net.n_exits} "
+              f"exit(s)) {C.timing_note(t)}")
     with report.figure("ratio") as fig:
-        fig["joint_over_baseline_time"] = (figures["joint"]["seconds_per_iteration"]
-                                           / figures["baseline"]["seconds_per_iteration"])
-    C.log(f"{tag}: a joint iteration takes {fig['joint_over_baseline_time']:.2f}x a baseline "
-          f"iteration")
+        fig["joint_over_baseline_time"] = t.ratio("joint", "baseline")
+    C.log(f"{tag}: a joint iteration takes {C.fmt_ratio(fig['joint_over_baseline_time'])} a "
+          f"baseline iteration (per-round ratios)")
     return report.write()
 
 

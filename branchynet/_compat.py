@@ -17,15 +17,9 @@ import numpy
 os.environ.setdefault("CHAINER_CUDNN", "0")
 os.environ.setdefault("CHAINER_WARN_VERSION_MISMATCH", "0")
 
-# NumPy 2 removed ``numpy.sctypes``; chainer/functions/array/as_strided.py reads it.
-if not hasattr(numpy, "sctypes"):
-    numpy.sctypes = {
-        "int": [numpy.int8, numpy.int16, numpy.int32, numpy.int64],
-        "uint": [numpy.uint8, numpy.uint16, numpy.uint32, numpy.uint64],
-        "float": [numpy.float16, numpy.float32, numpy.float64, numpy.longdouble],
-        "complex": [numpy.complex64, numpy.complex128, numpy.clongdouble],
-        "others": [bool, object, bytes, str, numpy.void],
-    }
+from branchynet_startup import add_sctypes  # noqa: E402  (no Chainer import there)
+
+add_sctypes(numpy)
 
 
 def _import_chainer():

@@ -17,10 +17,12 @@ import glob
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
-from branchynet.datasets import DatasetError, load_dataset, split_validation
+from branchynet import distributed
+from branchynet.datasets import DatasetError, info_differences, load_dataset, split_validation
 from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee
 from branchynet.io import atomic_path, read_json, write_json
@@ -32,14 +34,25 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
                               predict_runtime, threshold_grid)
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary)
-from branchynet.training import train_or_load
+from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from networks import get_network
 
+class SettingsError(ValueError):
+    """Settings that cannot work with this data or results folder (the runner: exit 2)."""
+
+
 # Settings that determine the trained weights: a results folder holds one such setting.
+# batch_size is per process; ranks is the number of data-parallel processes (1 without MPI).
+# ("recipe": optimizer, momentum, weight decay, schedule, warm-up, augmentation, joint-stage
+# rate factor: everything of branchynet.training.Recipe but lr, which is its own key.)
 TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
-                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights")
+                 "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights",
+                 "ranks", "recipe")
 # Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0}
+TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1,
+                     "recipe": {k: v for k, v in PAPER_RECIPE.to_dict().items() if k != "lr"}}
+# What was read and built, compared when the folder recorded it (older folders did not).
+RECORD_KEYS = ("data_record", "network_structure")
 # Settings of the threshold choice, recorded with each timing so ``derive`` needs no more.
 SELECTION_KEYS = ("criterion", "grid", "inc_amt", "search", "latency_budget_ms",
                   "latency_budget_fraction", "accuracy_floor", "accuracy_drop")
@@ -63,6 +76,8 @@ class Experiment:
 
     def __init__(self, settings, log=print):
         self.s, self.log = settings, log
+        # A ChainerMN communicator (mpiexec ... --communicator NAME), else None.
+        self.comm = getattr(settings, "comm", None)
         self.spec = get_network(settings.network)
         self.out = settings.out
         self.suffix = "" if settings.criterion == "entropy" else f"_{settings.criterion}"
@@ -85,10 +100,7 @@ class Experiment:
         """Read the dataset, apply the limits and carve the validation split."""
         s = self.s
         options = self.dataset_options()
-        try:
-            data = load_dataset(s.dataset, s.data_dir, seed=s.seed, **options)
-        except DatasetError as err:
-            raise SystemExit(f"error: {err}")
+        data = load_dataset(s.dataset, s.data_dir, seed=s.seed, **options)
         if s.train_limit:
             data.train_x, data.train_y = data.train_x[:s.train_limit], data.train_y[:s.train_limit]
         if s.test_limit:
@@ -98,33 +110,76 @@ class Experiment:
             try:
                 data = split_validation(data, s.val_size, s.seed)
             except ValueError as err:
-                raise SystemExit(f"error: --val-size: {err}")
+                raise SettingsError(f"--val-size: {err}") from None
         self.log(data.summary())
         self.data = data
+        self.check_against_data()
         self.config = self._config(options)
         return data
 
+    def check_against_data(self):
+        """Refuse settings this data cannot serve, before any training."""
+        s, d = self.s, self.data
+        ranks = 1 if self.comm is None else self.comm.size
+        if s.batch_size * ranks > len(d.train_y):
+            per_rank = "" if ranks == 1 else f" per rank x {ranks} ranks"
+            raise SettingsError(f"--batch-size {s.batch_size}{per_rank} is larger than the "
+                                f"training set ({len(d.train_y)} samples): use a batch of at "
+                                f"most {len(d.train_y) // ranks}, or more training data")
+        if s.timing_samples is None:  # the default: 1000, or every test sample if fewer
+            s.timing_samples = min(1000, len(d.test_y))
+        if s.timing_samples > len(d.test_y):
+            raise SettingsError(f"--timing-samples {s.timing_samples} is more than the "
+                                f"{len(d.test_y)} test samples: use at most {len(d.test_y)}, "
+                                f"or 0 for all of them")
+        shape = tuple(d.test_x.shape[1:])
+        try:
+            outputs = BranchyNet(self.spec.build()).predict_all_exits(d.test_x[:1])
+        except Exception as err:
+            raise SettingsError(f"{self.spec.name} cannot run on {s.dataset} inputs of shape "
+                                f"{shape}: {type(err).__name__}: {err}") from None
+        labels = int(max(d.train_y.max(), d.test_y.max())) + 1
+        if any(o.shape[1] < labels for o in outputs):
+            raise SettingsError(f"{self.spec.name}'s exits give {[o.shape[1] for o in outputs]} "
+                                f"classes, but {s.dataset} has labels up to {labels - 1}")
+
+    def network_structure(self):
+        """Parameter names and shapes of the B-net (lazy layers sized by one sample)."""
+        net = BranchyNet(self.spec.build())
+        net.predict_all_exits(self.data.test_x[:1])
+        return {name: list(p.shape) for name, p in sorted(net.namedparams())}
+
     def _config(self, options):
         s, data = self.s, self.data
-        config = {"network": self.spec.name, "dataset": s.dataset, "dataset_options": options,
+        config = {"network": self.spec.name, "dataset": s.dataset, "data_name": data.name,
+                  "dataset_options": options,
                   "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
+                  "data_record": data.info,
+                  "network_structure": self.network_structure(),
                   "train_limit": s.train_limit, "test_limit": s.test_limit,
                   "samples": {"train": len(data.train_y), "test": len(data.test_y),
                               "val": 0 if data.val_y is None else len(data.val_y)},
                   "input_shape": list(data.test_x.shape[1:]),
                   "val_size": s.val_size, "seed": s.seed,
-                  "batch_size": s.batch_size, "baseline_epochs": s.baseline_epochs,
+                  "batch_size": s.batch_size, "ranks": 1 if self.comm is None else self.comm.size,
+                  "global_batch_size": s.batch_size * (1 if self.comm is None else self.comm.size),
+                  "distributed": distributed.record(self.comm, s.batch_size),
+                  "baseline_epochs": s.baseline_epochs,
                   "branchy_epochs": s.branchy_epochs, "lr": s.lr,
+                  "recipe": {k: v for k, v in self.recipe().to_dict().items() if k != "lr"},
+                  "recipe_preset": getattr(s, "recipe", None) or "paper",
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
                   "devices": [str(d) for d in s.devices]}
-        if data.val_index is not None:
+        if data.val_y is not None:
             config["validation"] = {
-                "samples": len(data.val_index), "seed": s.seed, "index_file": "val_index.npy",
-                "index_sha256": array_sha256(data.val_index.astype("<i8")),
-                "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
-                               + (" (after --train-limit)" if s.train_limit else ""),
+                "samples": len(data.val_y), "seed": s.seed,
+                **({"index_file": "val_index.npy",
+                    "index_sha256": array_sha256(data.val_index.astype("<i8")),
+                    "carved_from": f"{len(data.train_y) + len(data.val_index)} training samples"
+                                   + (" (after --train-limit)" if s.train_limit else "")}
+                   if data.val_index is not None else {"carved_from": "the dataset's own split"}),
                 "search": s.search,
                 "budgets": {"latency_budget_ms": s.latency_budget_ms,
                             "latency_budget_fraction": s.latency_budget_fraction,
@@ -141,11 +196,21 @@ class Experiment:
             changed = [k for k in TRAINING_KEYS
                        if old.get(k, TRAINING_DEFAULTS.get(k)) != self.config.get(k)]
             if changed:
-                raise SystemExit(
-                    f"error: {self.out} holds a run with other settings ({', '.join(changed)}: "
+                raise SettingsError(
+                    f"{self.out} holds a run with other settings ({', '.join(changed)}: "
                     f"{[old.get(k, TRAINING_DEFAULTS.get(k)) for k in changed]} there, "
                     f"{[self.config.get(k) for k in changed]} now). "
                     f"Use another --out, or delete {self.out} to start over.")
+            for key in RECORD_KEYS:
+                new = json.loads(json.dumps(self.config[key]))
+                what = (info_differences(old[key], new) if key == "data_record"
+                        else differences(old[key], new)) if key in old else []
+                if what:
+                    kind = "data" if key == "data_record" else "network parameters"
+                    raise SettingsError(
+                        f"{self.out} holds a run on other {kind} under the same names: "
+                        f"{'; '.join(what[:6])}{' ...' if len(what) > 6 else ''}. Use another "
+                        f"--out, or delete {self.out} to start over.")
         write_json(path, self.config)
         if self.data.val_index is not None:
             with atomic_path(self.path("val_index.npy")) as tmp:
@@ -163,17 +228,28 @@ class Experiment:
         """Train the baseline, then the B-net from it (each skipped when its npz exists)."""
         self.build_networks()
         self._train_one("baseline", self.baseline, device)
-        if not os.path.exists(self.path("branchynet.npz")):
+        if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
             self.branchy.init_from_baseline(self.baseline)
         self._train_one("branchynet", self.branchy, device)
 
+    def recipe(self):
+        """The training recipe: the runner's (``recipe_obj``), else the paper's at ``lr``."""
+        return getattr(self.s, "recipe_obj", None) or Recipe(lr=self.s.lr)
+
     def _train_one(self, name, net, device):
+        """Train one stage; ``TimeBudgetExhausted`` propagates when the settings' deadline
+        (``deadline``, a ``clock`` value) stops it, leaving a snapshot to continue from."""
         s = self.s
         epochs = s.baseline_epochs if name == "baseline" else s.branchy_epochs
-        train_or_load(net, self.path(f"{name}.npz"), self.data.train_x, self.data.train_y,
+        # With MPI only rank 0 holds the data; train() scatters it to the other ranks.
+        x, y = (None, None) if self.data is None else (self.data.train_x, self.data.train_y)
+        train_or_load(net, self.path(f"{name}.npz"), x, y,
                       epochs, s.batch_size, device, log=self.log, seed=s.seed,
-                      weights=s.loss_weights if name == "branchynet" else None, lr=s.lr,
-                      progress=not s.no_progress)
+                      weights=s.loss_weights if name == "branchynet" else None,
+                      recipe=self.recipe(), stage=name,
+                      deadline=getattr(s, "deadline", None),
+                      clock=getattr(s, "clock", time.monotonic),
+                      progress=not s.no_progress, comm=self.comm)
 
     def weights_key(self):
         return {name: file_sha256(self.path(f"{name}.npz")) for name in ("baseline", "branchynet")}
@@ -183,19 +259,21 @@ class Experiment:
     def exit_outputs(self, device):
         """Every exit's score and prediction on the test (and validation) samples, and the
         baseline's, each cached in the folder with the key of its weights and inputs."""
-        d, c = self.data, self.s.criterion
-        self.outputs = self._cached(self.branchy, "branchynet", d.test_x, d.test_y,
-                                    f"exit_outputs{self.suffix}.npz", device, c)
-        self.baseline_outputs = self._cached(self.baseline, "baseline", d.test_x, d.test_y,
-                                             "exit_outputs_baseline.npz", device, "entropy")
-        if d.val_x is not None:
-            self.val_outputs = self._cached(self.branchy, "branchynet", d.val_x, d.val_y,
-                                            f"exit_outputs_val{self.suffix}.npz", device, c)
-            self.val_baseline = self._cached(self.baseline, "baseline", d.val_x, d.val_y,
-                                             "exit_outputs_val_baseline.npz", device, "entropy")
+        self.outputs = self._cached("branchynet", "test", device)
+        self.baseline_outputs = self._cached("baseline", "test", device)
+        if self.data.val_x is not None:
+            self.val_outputs = self._cached("branchynet", "val", device)
+            self.val_baseline = self._cached("baseline", "val", device)
         self._log_accuracies()
 
-    def _cached(self, net, weights, x, y, name, device, criterion):
+    def _cached(self, weights, split, device):
+        """Exit outputs of the ``weights`` ('baseline' or 'branchynet') network on the
+        ``split`` ('test' or 'val') samples, from the folder when their key matches."""
+        net = self.baseline if weights == "baseline" else self.branchy
+        criterion = "entropy" if weights == "baseline" else self.s.criterion
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        name = "exit_outputs" + ("_val" if split == "val" else "") + (
+            "_baseline" if weights == "baseline" else self.suffix) + ".npz"
         key = json.dumps({"weights": file_sha256(self.path(f"{weights}.npz")),
                           "inputs": array_sha256(x), "labels": array_sha256(y),
                           "criterion": criterion}, sort_keys=True)
@@ -217,8 +295,8 @@ class Experiment:
         def load(name):
             path = self.path(name)
             if not os.path.exists(path):
-                raise SystemExit(f"error: {path} is missing; a results folder needs its exit "
-                                 f"outputs to be re-derived (run experiments.run there first)")
+                raise SettingsError(f"{path} is missing; a results folder needs its exit "
+                                    f"outputs to be re-derived (run experiments.run there first)")
             return ExitOutputs.load(path)
         self.outputs = load(f"exit_outputs{self.suffix}.npz")
         self.baseline_outputs = load("exit_outputs_baseline.npz")
@@ -270,7 +348,7 @@ class Experiment:
         validation = d.val_x is not None
         path_x = d.val_x[:count] if validation else timed_x
         path = self.path(f"timing_{tag}.json")
-        old = read_json(path) if os.path.exists(path) else {}
+        old = read_json(path) if os.path.exists(path) and not getattr(s, "remeasure", False) else {}
         settings = {k: getattr(s, k) for k in SELECTION_KEYS}
         settings["grid"] = list(settings["grid"])
         base_key = {"weights": self.weights_key(), "machine": machine_key(device),
@@ -462,6 +540,7 @@ class Experiment:
         title = self.table_title(result)
         write_json(os.path.join(out, f"table_{tag}.json"),
                    {"title": title, "rows": result["rows"], "warnings": result["warnings"],
+                    "machine": result["record"]["machine"],
                     "criterion": result["record"]["settings"]["criterion"],
                     "knee_rule": "Kneedle: max of scaled accuracy minus scaled runtime on the frontier",
                     "frontier_rule": f"inc points, inc_amt={result['record']['settings']['inc_amt']}",
@@ -490,7 +569,7 @@ class Experiment:
         machine = result["record"]["machine"]
         plot_tradeoff(
             os.path.join(self.out, f"tradeoff_{result['tag']}"),
-            f"{self.spec.title} ({self.config['dataset']}), {result['tag']}: "
+            f"{self.spec.title} ({self.config.get('data_name', self.config['dataset'])}), {result['tag']}: "
             f"{machine.get('gpu') or machine['cpu']}",
             selection["predicted"], 100 * sweep.accuracy,
             [p["stats"]["median_ms"] for p in points], [100 * sweep.accuracy[i] for i in front],
@@ -503,7 +582,8 @@ class Experiment:
         record = result["record"]
         machine = record["machine"]
         m = record["measurement"]
-        return (f"Table I rows: {self.spec.title} on {self.config['dataset']}, {result['tag']} "
+        data = self.config.get("data_name", self.config["dataset"])
+        return (f"Table I rows: {self.spec.title} on {data}, {result['tag']} "
                 f"({machine.get('gpu') or machine['cpu']}); accuracy and exits over all "
                 f"{len(self.outputs)} test samples; time = ms per sample at batch size 1, median "
                 f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples "
@@ -515,13 +595,26 @@ class Experiment:
     # -- the whole run ---------------------------------------------------------------------
 
     def run(self, devices):
-        """All stages; returns the summary written to summary.json."""
+        """All stages; returns the summary written to summary.json.
+
+        With a communicator every rank trains, and only rank 0 reads the data, writes the
+        folder and does the rest; the other ranks return ``(None, [])`` after training.
+        """
         from branchynet.report import format_table
-        self.load_data()
-        self.check_folder()
+
+        def prepare():
+            self.load_data()
+            self.check_folder()
+        distributed.on_root(self.comm, prepare, (SettingsError, DatasetError))
         # Training runs on the first GPU requested, else on the CPU.
         train_device = next((d for d in devices if d.xp is not np), devices[0])
         self.train(train_device)
+        if not distributed.is_root(self.comm):
+            return None, []
+        if getattr(self.s, "train_only", False):
+            self.log(f"--train-only: both networks are trained ({self.out}/baseline.npz, "
+                     f"branchynet.npz); stopping before the exit outputs and the sweep")
+            return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
@@ -541,8 +634,7 @@ class Experiment:
             for row in result["rows"]:
                 if row.get("note"):
                     self.log(f"  note: {row['selection']}: {row['note']}")
-            for line in result["warnings"]:
-                self.log(f"warning: {line} (see sweep_{result['tag']}.csv)")
+            self._log_warnings(result)
             self._log_other_exits(result)
             self.write_report(result)
             self.plot(result)
@@ -555,6 +647,19 @@ class Experiment:
         write_json(self.path("summary.json"), summary)
         self.log(f"results in {self.out}/")
         return summary, infeasible
+
+    def _log_warnings(self, result, shown=5):
+        """The self-consistency warnings (the first few; all are in the table JSON)."""
+        warnings = result["warnings"]
+        for line in warnings[:shown]:
+            self.log(f"warning: {line}")
+        if warnings:
+            load = result["timings"].load
+            self.log(f"warning: {len(warnings)} self-consistency check(s) failed in all "
+                     f"({len(warnings) - min(shown, len(warnings))} more in table_{result['tag']}.json, "
+                     f"flags in sweep_{result['tag']}.csv); load average "
+                     f"{load.get('before')} before, {load.get('after')} after the measurement: "
+                     f"on a busy machine, measure again when it is quiet")
 
     def _log_other_exits(self, result):
         points = list(result["measured"].values())
@@ -576,7 +681,7 @@ class Experiment:
         """An experiment rebuilt from a results folder's config.json (nothing trained)."""
         path = os.path.join(folder, "config.json")
         if not os.path.exists(path):
-            raise SystemExit(f"error: {folder} is not a results folder (no config.json)")
+            raise SettingsError(f"{folder} is not a results folder (no config.json)")
         config = read_json(path)
         settings = _namespace(config, folder, criterion)
         exp = cls(settings, log)
@@ -598,7 +703,7 @@ class Experiment:
         records = [p for p in sorted(glob.glob(self.path("timing_*.json")))
                    if _criterion_of(_tag_of(p)) == self.s.criterion]
         if not records:
-            raise SystemExit(f"error: {self.out} has no timing_<device>.json to derive from")
+            raise SettingsError(f"{self.out} has no timing_<device>.json to derive from")
         committed_folder = self.out
         with tempfile.TemporaryDirectory() as tmp:
             self.out = tmp
@@ -624,6 +729,8 @@ class Experiment:
         """Run the committed weights on the first ``samples`` test samples; compare."""
         import chainer
         from branchynet.training import load_weights
+        if not self.s.data_dir and self.config.get("data_record", {}).get("folder"):
+            self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
         self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
         self.s.val_size = 0
         self.load_data()
@@ -657,7 +764,8 @@ class Experiment:
 TIMING_BLOCK = 10
 TIMING_RULE = ("end to end at batch size 1; every figure is the median over interleaved "
                "rounds of the per-round mean; within a round, blocks of 10 samples see "
-               "every variant in a rotated order; gains are paired per round")
+               "every variant in a random order, each after one untimed warm-up call; "
+               "gains are paired per round")
 
 ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q3_ms", "gain",
             "gain_low", "gain_high", "gain_significant", "thresholds", "exit_percent",

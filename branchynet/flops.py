@@ -72,7 +72,8 @@ def count_exit_paths(net, input_shape):
             h = xp.zeros((1,) + tuple(input_shape), xp.float32)
             with counter:
                 for sequential in path:
-                    h = sequential(h)
+                    if len(sequential):  # a branch may leave before any trunk layer
+                        h = sequential(h)
             params = sum(p.size for sequential in path for p in sequential.params())
             layers = [(names.get(id(link), type(link).__name__), macs, shape)
                       for link, macs, shape in counter.calls]

@@ -22,10 +22,13 @@ from branchynet.routing import check_thresholds, early_exit, get_criterion
 
 
 class Branch:
-    """Marks where a side branch (``layers``, a list of Links/callables) leaves the trunk."""
+    """Marks where a side branch leaves the trunk: ``layers`` is a list of Links and
+    callables, or a single one (``Branch(L.Linear(None, 10))``)."""
 
     def __init__(self, layers):
-        self.layers = list(layers)
+        self.layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        if not self.layers or not all(callable(layer) for layer in self.layers):
+            raise ValueError(f"a Branch needs one or more Links or callables, got {layers!r}")
 
     def __repr__(self):
         return f"Branch({self.layers!r})"
@@ -130,6 +133,11 @@ class BranchyNet(chainer.Chain):
             if name not in mine:
                 raise ValueError(f"baseline parameter {name} has no counterpart in this network: "
                                  f"was the baseline built from the same network definition?")
+            if param.array is None:
+                raise ValueError(f"baseline parameter {name} is not initialised (a lazy layer "
+                                 f"that never ran): train or run the baseline first")
+            if mine[name].array is None:  # a lazy layer (input size None): take its shape
+                mine[name].initialize(param.shape)
             if mine[name].shape != param.shape:
                 raise ValueError(f"baseline parameter {name} has shape {param.shape}, "
                                  f"this network's has {mine[name].shape}")
@@ -139,9 +147,11 @@ class BranchyNet(chainer.Chain):
         for name, link in baseline.namedlinks():
             for key in getattr(link, "_persistent", ()):
                 value = getattr(link, key)
-                if hasattr(value, "shape"):
-                    target = getattr(own_links[name], key)
+                target = getattr(own_links[name], key)
+                if hasattr(value, "shape") and target is not None:
                     target[...] = backend.get_device_from_array(target).send(value)
+                elif hasattr(value, "shape"):  # a lazy BatchNormalization that never ran
+                    setattr(own_links[name], key, value.copy())
                 else:
                     setattr(own_links[name], key, value)
 

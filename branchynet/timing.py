@@ -10,8 +10,8 @@ measured separately so the two can be set side by side.
 
 Every reported figure comes from ``interleave``: R rounds, and within each round every
 variant (baseline, each exit path, each measured threshold vector) runs on the same block
-of samples before the next block, in an order rotated from block to block, so a change in
-the machine's load hits all of them alike. A figure is the median over rounds of the
+of samples before the next block, in a random order per block, each after one untimed
+call that warms the caches, so a change in the machine's load hits all of them alike. A figure is the median over rounds of the
 per-round mean; a ratio of two figures (a gain) is computed round by round, paired.
 """
 import os
@@ -175,7 +175,7 @@ def ratio_summary(per_round):
 
 
 def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False,
-               desc="timing"):
+               desc="timing", seed=0):
     """Time every variant on every sample, in alternation, for ``rounds`` rounds.
 
     Args:
@@ -183,9 +183,14 @@ def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False
             (``EndToEnd``, ``TrunkOnly``, or any function timing itself).
         n_samples: samples 0 .. n_samples - 1 are timed.
         rounds: passes over the samples; each figure is a median over rounds.
-        block: samples per block; every variant runs on a block before the next block,
-            and the order of the variants is rotated from block to block.
+        block: samples per block; every variant runs on a block before the next block, in
+            a fresh random order per block (seeded), so no variant always follows the same
+            one. Before its block is timed, each variant runs once untimed on the block's
+            first sample: switching variants leaves the caches cold for the first call
+            (up to several times slower), which would otherwise land on whichever variant
+            comes next.
         warmup: untimed calls of every variant on the first samples, before round 1.
+        seed: seeds the order of the variants within blocks.
 
     Returns an ``Interleaved`` with each variant's per-round mean in ms, the load average
     before and after, and the per-sample seconds (``seconds[name]``, rounds x samples).
@@ -204,16 +209,17 @@ def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False
             variants[name](i)
     seconds = {name: np.empty((rounds, n_samples)) for name in names}
     starts = list(range(0, n_samples, block))
+    order = np.random.RandomState(seed)
     load_before = loadavg()
-    steps = [(r, b) for r in range(rounds) for b in range(len(starts))]
+    steps = [(r, b) for r in range(rounds) for b in starts]
     if progress:
         from tqdm import tqdm
         steps = tqdm(steps, desc=desc, unit="block", leave=False)
-    for r, b in steps:
-        shift = (r * len(starts) + b) % len(names)
-        for name in names[shift:] + names[:shift]:
-            run, out = variants[name], seconds[name][r]
-            for i in range(starts[b], min(starts[b] + block, n_samples)):
+    for r, start in steps:
+        for k in order.permutation(len(names)):
+            run, out = variants[names[k]], seconds[names[k]][r]
+            run(start)  # untimed: warms the caches for this variant
+            for i in range(start, min(start + block, n_samples)):
                 out[i] = run(i)
     load = {"before": load_before, "after": loadavg()}
     return Interleaved({k: 1e3 * v.mean(axis=1) for k, v in seconds.items()}, n_samples,

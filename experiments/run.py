@@ -30,6 +30,10 @@ and checks the result is identical to the folder's CSVs (exit status 1 if not);
 --verify-outputs N also runs the folder's weights on the first N test samples (this needs
 the data) and checks they reproduce the committed exit outputs.
 
+Exit status: 0 done; 1 a budget no T meets (everything is still written) or a
+--from-results mismatch; 2 bad input (named, before any work); 3 --time-budget reached
+(run the same command again to continue).
+
 Choosing T without the test set (--val-size N): N training samples (seeded by --seed; their
 positions are saved in val_index.npy) are held out as a validation split and the networks
 train on the rest. Every exit also runs once over the validation split, exit paths are
@@ -51,20 +55,33 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 -<criterion> suffix, so the three can share one results folder.
 """
 import argparse
+import dataclasses
 import os
 import sys
+import time
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
 import numpy as np
 
+from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
-from branchynet.experiment import Experiment, compare_with_sweep  # noqa: F401  (re-exported)
+from branchynet.datasets import DatasetError
+from branchynet.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid
-from networks import REGISTRY, get_network
+from branchynet.datasets import DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label
+from branchynet.net import BranchyNet
+from branchynet.training import (AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES,
+                                 TimeBudgetExhausted)
+from networks import ENTRY_POINT_GROUP, REGISTRY, all_names, get_network
+
+# Exit status when --time-budget stopped training before it finished (run again to continue).
+EXIT_TIME_BUDGET = 3
+# The clock of --time-budget (a module attribute, so tests can stand in for it).
+_clock = time.monotonic
 
 
 def _val_size(text):
@@ -87,12 +104,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", default="lenet_mnist", choices=sorted(REGISTRY),
-                        help="network to run (default: %(default)s)")
+    parser.add_argument("--network", default="lenet_mnist", metavar="NAME",
+                        help=f"a registered network ({', '.join(sorted(REGISTRY))}), FILE.py:NAME or "
+                        "package.module:NAME (a NetworkSpec, or a function returning the layer "
+                        "list: then give --dataset; docs/own_network.md), or one an installed "
+                        f"package declares (entry points {ENTRY_POINT_GROUP}); --list-networks "
+                        "shows them all (default: %(default)s)")
+    parser.add_argument("--list-networks", action="store_true",
+                        help="list every network with its exits, parameters and dataset, and exit")
     parser.add_argument("--paper", action="store_true",
                         help="the authors' settings: the paper's dataset, batch size and epochs")
-    parser.add_argument("--dataset", help="dataset name (default: the network's quick dataset, "
-                        "or its paper dataset with --paper)")
+    parser.add_argument("--dataset", help="dataset: " + "; ".join(
+                            f"{k}: {v}" for k, v in DATASET_KINDS.items()) + " (default: the network's quick "
+                        "dataset, or its paper dataset with --paper)")
     parser.add_argument("--data-dir", help="folder with the dataset files "
                         "(default: $BRANCHYNET_DATA, then the per-user cache)")
     parser.add_argument("--preprocess", help="dataset preprocessing, e.g. scale, standardize, "
@@ -106,13 +130,54 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-epochs", type=int, help="epochs of baseline training (E1)")
     parser.add_argument("--branchy-epochs", type=int, help="epochs of joint training (E2)")
     parser.add_argument("--batch-size", type=int, help="training batch size")
-    parser.add_argument("--lr", type=float, default=0.001, help="Adam step size (default: %(default)s)")
+    parser.add_argument("--lr", type=float,
+                        help="initial learning rate (Adam: its step size alpha; default: the "
+                        "network's fast preset's with --recipe fast, e.g. 0.2 for "
+                        "B-ResNet-110 at batch 256, else the recipe's: 0.001 for paper)")
+    recipe = parser.add_argument_group(
+        "training recipe (--recipe picks one; the flags below change single settings)")
+    recipe.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="paper: the authors' Adam (step 0.001), no schedule, no "
+                        "augmentation (default); fast: SGD with momentum 0.9, weight decay "
+                        "5e-4, 1 warm-up epoch then a cosine schedule, random "
+                        "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
+                        "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
+                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
+    recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
+    recipe.add_argument("--lr-schedule", choices=SCHEDULES,
+                        help="learning-rate schedule over each stage's epochs")
+    recipe.add_argument("--warmup-epochs", type=float,
+                        help="linear warm-up from lr/10 over this many epochs (0: none)")
+    recipe.add_argument("--augment", choices=AUGMENTATIONS,
+                        help="on-the-fly augmentation of the training images")
+    recipe.add_argument("--joint-lr-factor", type=float,
+                        help="the joint stage's initial rate as a multiple of --lr")
+    parser.add_argument("--train-only", action="store_true",
+                        help="stop once both networks are trained (no exit outputs, sweep or "
+                        "timing); the same command without it then goes on from the weights")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop training after MINUTES of wall-clock time from the start "
+                        "of the run, with a snapshot (mid-epoch too); the run then says so "
+                        f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
+                        "timing; the same command again continues the training exactly "
+                        "where it stopped (a budget may be given again)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", action="append",
                         help="Chainer device specifier (@numpy, @cupy:0); repeat for several, "
                         "or 'all' for the CPU and every GPU (default: @numpy)")
+    parser.add_argument("--communicator", metavar="NAME", choices=distributed.COMMUNICATORS,
+                        help="data-parallel training over MPI with ChainerMN, one process per "
+                        "device: mpiexec -n N python -m experiments.run ... --communicator "
+                        f"NAME ({', '.join(distributed.COMMUNICATORS)}; naive on CPUs, "
+                        "pure_nccl on GPUs); --batch-size is then per process (the global "
+                        "batch is N times it) and --device may name {local_rank}, e.g. "
+                        "@cupy:{local_rank} (the default with a GPU communicator). Only rank "
+                        "0 writes; sweep, timing and tables run on rank 0 after training "
+                        "(docs/distributed.md)")
     parser.add_argument("--grid", type=float, nargs="+",
                         help="threshold values; the grid is their product over the exits but "
                         "the last (default: the paper's grid for the network with entropy, "
@@ -148,13 +213,17 @@ def parse_args(argv=None):
                         "baseline's validation accuracy (0: match the baseline)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
-    parser.add_argument("--timing-samples", type=int, default=1000,
-                        help="test samples timed at batch size 1 (0: all; default: %(default)s)")
+    parser.add_argument("--timing-samples", type=int,
+                        help="test samples timed at batch size 1 (0: all; default: 1000, or "
+                        "all when the test set is smaller)")
     parser.add_argument("--timing-rounds", type=int, default=5,
                         help="interleaved timing rounds; every latency is the median over "
                         "rounds, and a gain's interval is the range of its per-round values, "
                         "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
                         "5, 98.4%% for 7 (default: %(default)s)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time again even where timing_<device>.json matches the weights, "
+                        "inputs and machine (e.g. to check that two measurements agree)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",
@@ -166,29 +235,102 @@ def parse_args(argv=None):
                         help="with --from-results: also run DIR's weights on its first N test "
                         "samples and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
+    if args.list_networks:
+        print(list_networks())
+        raise SystemExit(0)
     if args.from_results:
+        if not os.path.isdir(args.from_results):
+            parser.error(f"--from-results {args.from_results!r} is not a folder")
         return args
-    spec = get_network(args.network)
-    preset = spec.paper if args.paper else spec.quick
-    args.dataset = args.dataset or (spec.dataset if args.paper else spec.quick_dataset)
-    args.batch_size = args.batch_size if args.batch_size is not None else preset["batch_size"]
-    args.baseline_epochs = args.baseline_epochs if args.baseline_epochs is not None else preset["baseline_epochs"]
-    args.branchy_epochs = args.branchy_epochs if args.branchy_epochs is not None else preset["branchy_epochs"]
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    """Fill the network's defaults into ``args`` and refuse bad values (exit status 2)."""
+    # Devices first (building a network below allocates on Chainer's default device);
+    # with --communicator, each process's own devices ({local_rank}).
+    default = ["@cupy:{local_rank}" if args.communicator in distributed.GPU_COMMUNICATORS
+               else "@numpy"]
+    try:
+        args.comm = distributed.create(args.communicator) if args.communicator else None
+        args.devices = resolve_devices(distributed.local_devices(args.device or default,
+                                                                 args.comm))
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        spec = get_network(args.network)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.paper and args.recipe not in (None, "paper"):
+        parser.error(f"--paper trains with the authors' recipe; drop --recipe {args.recipe} "
+                     f"or --paper")
+    fast = args.recipe == "fast"
+    if fast and not spec.fast:
+        parser.error(f"--recipe fast: {spec.name} has no fast preset (networks with one: "
+                     f"{', '.join(sorted(n for n, s in REGISTRY.items() if s.fast))}); "
+                     f"set --optimizer, --lr-schedule, --augment, ... instead")
+    preset = spec.paper if args.paper else spec.fast if fast else spec.quick
+    if args.lr is None:
+        args.lr = (preset or {}).get("lr")  # a preset's rate (e.g. scaled to its batch size)
+    elif not np.isfinite(args.lr) or args.lr <= 0:
+        parser.error("--lr must be a positive number")
+    try:
+        args.recipe_obj = _recipe(args)
+    except ValueError as err:
+        parser.error(str(err))
+    args.lr = args.recipe_obj.lr
+    if args.time_budget is not None:
+        if args.communicator:
+            parser.error("--time-budget does not work with --communicator yet (each rank "
+                         "would stop at its own iteration); leave one of them out")
+        if not (np.isfinite(args.time_budget) and args.time_budget > 0):
+            parser.error("--time-budget must be a positive number of minutes")
+        args.deadline = _clock() + 60 * args.time_budget
+    else:
+        args.deadline = None
+    args.clock = _clock
+    args.dataset = args.dataset or (spec.dataset if args.paper or fast else spec.quick_dataset)
+    if not args.dataset:
+        parser.error(f"--network {args.network} names no dataset: give --dataset "
+                     f"({', '.join(DATASET_KINDS)})")
+    try:
+        kind = dataset_kind(args.dataset)
+    except DatasetError as err:
+        parser.error(f"--dataset: {err}")
+    if args.preprocess and args.preprocess not in PREPROCESS_CHOICES[kind]:
+        parser.error(f"--preprocess {args.preprocess!r} does not apply to {kind} data; "
+                     f"choose one of {', '.join(PREPROCESS_CHOICES[kind])}")
+    for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
+        if getattr(args, name) is None:
+            setattr(args, name, preset[name])
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1 (a finished stage is reused "
+                         f"when you run the same --out again; nothing needs 0)")
     for name in ("train_limit", "test_limit"):
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, 0))
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0 (0: all samples)")
+    n_exits = BranchyNet(spec.build()).n_exits
+    if args.loss_weights is not None:
+        weights = np.asarray(args.loss_weights)
+        if len(weights) != n_exits:
+            parser.error(f"--loss-weights: {len(weights)} given, but {spec.name} has "
+                         f"{n_exits} exits: give one weight per exit")
+        if not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
+            parser.error("--loss-weights must be finite and >= 0, at least one > 0 (a "
+                         "negative weight trains that exit to be wrong)")
     args.grid = tuple(args.grid or default_grid(args.criterion, spec.grid))
     args.inc_amt = spec.inc_amt if args.inc_amt is None else args.inc_amt
-    args.out = args.out or os.path.join("results", f"{spec.name}-{args.dataset}" + ("-paper" if args.paper else ""))
-    if args.timing_samples < 0:
+    args.out = args.out or os.path.join(
+        "results", f"{spec.slug}-{dataset_label(args.dataset, args.data_dir)}"
+        + ("-paper" if args.paper else "-fast" if fast else ""))
+    check_out(parser, args.out)
+    if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
-    for name in ("batch_size", "baseline_epochs", "branchy_epochs"):
-        if getattr(args, name) < (1 if name == "batch_size" else 0):
-            parser.error(f"--{name.replace('_', '-')} must be positive")
     if any(np.isnan(v) or v < 0 for v in args.grid):
         parser.error("--grid values must be >= 0")
     budgets = {"--latency-budget-ms": args.latency_budget_ms,
@@ -206,11 +348,49 @@ def parse_args(argv=None):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
-    try:
-        args.devices = resolve_devices(args.device or ["@numpy"])
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+
+
+def _recipe(args):
+    """The training recipe: --recipe's (default paper), with the single flags applied."""
+    flags = {"optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
+             "weight_decay": args.weight_decay, "schedule": args.lr_schedule,
+             "warmup_epochs": args.warmup_epochs, "augment": args.augment,
+             "joint_lr_factor": args.joint_lr_factor}
+    return dataclasses.replace(RECIPES[args.recipe or "paper"],
+                               **{k: v for k, v in flags.items() if v is not None})
+
+
+def check_out(parser, out):
+    """--out must be a folder, or a new one in a writable place."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--out {out!r} is a file, not a folder: name a folder for the results")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.path.isdir(parent):
+        parent_out = os.path.relpath(parent) if not os.path.isabs(out) else parent
+        parser.error(f"--out {out!r}: {parent_out} is a file, not a folder: name a folder "
+                     f"for the results")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"--out {out!r}: {parent} is not writable; choose another --out")
+
+
+def list_networks():
+    """A text table of every network: exits, parameters, dataset."""
+    lines = [f"{'network':<22}{'title':<16}{'exits':>6}{'params':>12}  dataset"]
+    for name in all_names():
+        try:
+            spec = get_network(name)
+            net = BranchyNet(spec.build())
+            params = sum(p.size for p in net.params() if p.array is not None)
+            lazy = any(p.array is None for p in net.params())
+            lines.append(f"{name:<22}{spec.title:<16}{net.n_exits:>6}"
+                         f"{params:>12,}{'+' if lazy else ' '} {spec.dataset or '(give --dataset)'}")
+        except ValueError as err:
+            lines.append(f"{name:<22}(fails to load: {err})")
+    lines.append("+: more parameters whose size is set by the first input (lazy layers). "
+                 "Your own: --network FILE.py:NAME or package.module:NAME.")
+    return "\n".join(lines)
 
 
 def resolve_devices(specifiers):
@@ -267,9 +447,32 @@ def main(argv=None):
     Exits with status 1 when a budget is infeasible (after writing every result).
     """
     args = parse_args(argv)
-    if args.from_results:
-        return recompute(args)
-    summary, infeasible = Experiment(args).run(args.devices)
+    comm = getattr(args, "comm", None)
+    several = comm is not None and comm.size > 1
+    try:
+        if args.from_results:
+            return recompute(args)
+        log = print if distributed.is_root(comm) else (lambda *_, **__: None)
+        summary, infeasible = Experiment(args, log).run(args.devices)
+    except (SettingsError, DatasetError, distributed.DistributedError) as err:
+        if several and not getattr(err, "on_every_rank", False):
+            distributed.abort(comm, err, 2)  # the other ranks may wait for this one
+        if distributed.is_root(comm):
+            print(f"python -m experiments.run: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TimeBudgetExhausted as stop:
+        if distributed.is_root(comm):
+            where = f"; snapshot {stop.snapshot}" if stop.snapshot else ""
+            print(f"[{stop.stage}] stopped at the time budget after epoch "
+                  f"{stop.epoch_detail:.2f} of {stop.epochs}{where}; run again to continue")
+        raise SystemExit(EXIT_TIME_BUDGET) from None
+    except Exception as err:
+        if several:
+            distributed.abort(comm, err)
+        raise
+    distributed.wait(comm)  # the other ranks sleep here while rank 0 sweeps and times
+    if not distributed.is_root(comm):
+        raise SystemExit(0)
     if infeasible:
         raise SystemExit("error: " + "\nerror: ".join(infeasible))
     return summary

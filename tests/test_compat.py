@@ -120,18 +120,24 @@ def test_timing_synchronises_the_device_around_every_measured_sample(monkeypatch
     x = np.random.RandomState(0).randn(5, 6).astype(np.float32)
     seconds, labels, exits = timing.time_early_exit(toy_net(), x, [0.5], StandInGpu(events),
                                                     warmup=2)
-    # Warm-up, then drain the queue; each sample: clock, inference + sync, clock.
-    assert events == ["sync"] + ["clock", "sync", "clock"] * len(x)
-    assert (seconds > 0).all()
+    # Every call, warm-up included: clock, inference, sync, clock.
+    assert events == ["clock", "sync", "clock"] * (2 + len(x))
+    assert (seconds == 1).all()  # one tick between the two clock reads of each sample
     events.clear()
     timing.trunk_latency(toy_net(), x, StandInGpu(events), warmup=0)
-    # Every trunk segment is timed between two synchronisations.
-    assert events == ["sync", "clock", "sync", "clock"] * (2 * len(x))
+    # Every trunk segment is timed between two synchronisations: 1 segment up to exit 1,
+    # 2 up to exit 2.
+    assert events == ["sync", "clock", "sync", "clock"] * (3 * len(x))
 
 
-def test_synchronize_is_a_no_op_on_the_cpu():
+def test_synchronize_waits_for_a_gpu_and_never_touches_a_cpu_device():
     from branchynet.timing import synchronize
-    synchronize(chainer.get_device("@numpy"))  # a CpuDevice has no .device to synchronise
+    events = []
+    synchronize(StandInGpu(events))
+    assert events == ["sync"]
+    cpu = chainer.get_device("@numpy")
+    assert not hasattr(cpu, "device")  # a CpuDevice has nothing to synchronise ...
+    synchronize(cpu)                   # ... and synchronize must not ask it for one
 
 
 # --------------------------------------------------------------------------- runner

@@ -34,7 +34,7 @@ def test_official_files_load_with_the_paper_format(mnist):
 def test_data_dir_comes_from_the_environment(data_dir, empty_cache, monkeypatch):
     monkeypatch.setenv("BRANCHYNET_DATA", data_dir)
     data = load_mnist(mirrors=UNREACHABLE)
-    assert data.info["files"]["t10k-labels-idx1-ubyte.gz"].startswith(data_dir)
+    assert data.info["files"]["t10k-labels-idx1-ubyte.gz"]["path"].startswith(data_dir)
 
 
 def test_corrupt_file_is_reported_and_not_used(data_dir, empty_cache, tmp_path):

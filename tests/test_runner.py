@@ -3,6 +3,7 @@ import json
 import os
 
 import branchynet  # noqa: F401
+import numpy as np
 import pytest
 
 from experiments.run import main, parse_args
@@ -26,8 +27,27 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     base, knee = table["rows"]
     assert base["network"] == "LeNet" and knee["network"] == "B-LeNet"
     assert len(knee["thresholds"]) == 1 and sum(knee["exit_percent"]) == pytest.approx(100)
-    assert knee["gain"] == pytest.approx(base["time_ms"] / knee["time_ms"])
-    assert table["machine"]["chainer"] == "7.8.1" and table["timing"]["samples"] == 40
+    with open(os.path.join(out, "timing_cpu.json")) as f:
+        timing = json.load(f)
+    rounds = timing["measurement"]["rounds_ms"]
+    knee_name = "T=" + ",".join(repr(float(t)) for t in knee["thresholds"])
+    # Every latency is the median of 5 interleaved rounds over the 40 timed samples, and
+    # the gain is paired round by round (not a ratio of two medians).
+    assert timing["measurement"]["rounds"] == 5 and timing["measurement"]["samples"] == 40
+    assert set(rounds) >= {"baseline", "baseline_trunk", "exit1", "exit1_trunk", "exit2",
+                           "exit2_trunk", knee_name}
+    assert all(len(r) == 5 for r in rounds.values())
+    assert base["time_ms"] == pytest.approx(np.median(rounds["baseline"]))
+    assert knee["time_ms"] == pytest.approx(np.median(rounds[knee_name]))
+    per_round = np.array(rounds["baseline"]) / np.array(rounds[knee_name])
+    assert knee["gain"] == pytest.approx(np.median(per_round))
+    assert (knee["gain_low"], knee["gain_high"]) == pytest.approx((per_round.min(), per_round.max()))
+    assert knee["gain_significant"] == (per_round.min() > 1 or per_round.max() < 1)
+    assert knee["time_q1_ms"] <= knee["time_ms"] <= knee["time_q3_ms"]
+    assert table["timing_rule"].startswith("end to end at batch size 1")
+    assert table["machine"]["chainer"] == "7.8.1"
+    assert "median of 5 interleaved rounds over the first 40 test samples" in printed
+    assert "accuracy and exits over all 200 test samples" in printed
     with open(os.path.join(out, "sweep_cpu.csv")) as f:
         lines = f.read().splitlines()
     assert len(lines) == 1 + 17  # the paper's LeNet grid
@@ -53,15 +73,45 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     assert row.startswith("| B-LeNet | mnist-5k (640 train / 200 test), batch 32, 1 + 1 epochs | cpu |")
     assert f"| {base['accuracy']:.2f} | {knee['accuracy']:.2f} |" in row
 
-    # A second run reuses the trained weights and cached outputs instead of retraining.
+    # A second run reuses the trained weights, cached outputs and timings.
     main(TINY + ["--out", out])
     printed = capsys.readouterr().out
     assert "[baseline] reusing" in printed and "[branchynet] reusing" in printed
-    assert "training" not in printed
+    assert "training" not in printed and "measuring" not in printed
+    main(TINY + ["--out", out, "--remeasure"])
+    assert "measuring the baseline" in capsys.readouterr().out
+
+    # The folder re-derives without training or timing, identical to its CSVs, and the
+    # weights reproduce its exit outputs; a tampered CSV is caught.
+    assert main(["--from-results", out, "--verify-outputs", "100"]) is True
+    printed = capsys.readouterr().out
+    assert "sweep_cpu.csv: identical" in printed and "reproduce the committed exit outputs" in printed
+    sweep_csv = os.path.join(out, "sweep_cpu.csv")
+    with open(sweep_csv) as f:
+        original = f.read()
+    with open(sweep_csv, "w") as f:
+        f.write(original.replace("0.", "0.0", 1))
+    assert main(["--from-results", out]) is False
+    assert "sweep_cpu.csv: differs" in capsys.readouterr().out
+
+    # Other weights (same name, same settings) make every cache stale: exit outputs and
+    # timings are computed again, never reused.
+    from branchynet.net import BranchyNet
+    from branchynet.training import load_weights, save_weights
+    from networks import get_network
+    net = load_weights(os.path.join(out, "branchynet.npz"), BranchyNet(get_network("lenet_mnist").build()))
+    net.heads[0][-1].b.array[:] += 1.0
+    save_weights(os.path.join(out, "branchynet.npz"), net)
+    main(TINY + ["--out", out])
+    printed = capsys.readouterr().out
+    assert "[exit_outputs.npz] made with other weights or inputs: computing it again" in printed
+    assert "weights.branchynet" in printed and "measuring the baseline" in printed
 
     # Other training settings in the same folder are refused with a clear message.
-    with pytest.raises(SystemExit, match="holds a run with other settings.*seed"):
+    with pytest.raises(SystemExit) as exit_:
         main(TINY + ["--out", out, "--seed", "1"])
+    assert exit_.value.code == 2
+    assert "holds a run with other settings (seed" in capsys.readouterr().err
 
 
 def test_paper_preset_uses_the_authors_settings():
@@ -86,29 +136,7 @@ def test_cifar_presets(network, quick_limits, paper):
     assert (full.batch_size, full.baseline_epochs, full.branchy_epochs) == paper
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--device", "@nonsense"], "not a usable Chainer device"),
-    (["--grid", "-1", "0.5"], "--grid values must be >= 0"),
-    (["--batch-size", "0"], "--batch-size must be positive"),
-    (["--train-limit", "-5"], "--train-limit must be >= 0"),
-    (["--network", "vgg"], "invalid choice"),
-])
-def test_bad_arguments_are_reported(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(argv)
-    assert message in capsys.readouterr().err
-
-
-def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("BRANCHYNET_DATA", raising=False)
-    import branchynet.datasets as datasets
-    monkeypatch.setitem(datasets.LOADERS, "mnist",
-                        lambda data_dir=None, seed=0, **kw: datasets.load_mnist(
-                            data_dir, mirrors=("http://127.0.0.1:9/",)))
-    with pytest.raises(SystemExit, match="missing file"):
-        main(["--dataset", "mnist", "--data-dir", str(tmp_path / "nothing"), "--out",
-              str(tmp_path / "r")])
+# Bad arguments and missing data: tests/test_bad_input.py (one table, every case).
 
 
 def test_batch_size_one_exits_are_compared_with_the_sweep():

@@ -259,7 +259,11 @@ def test_runner_selects_on_validation_and_reports_on_test(tiny_run, capsys):
     assert os.path.getsize(os.path.join(out, "exit_outputs_val.npz")) > 0
     with open(os.path.join(out, "table_cpu.json")) as f:
         table = json.load(f)
-    assert table["timing"]["inputs"] == "validation"
+    with open(os.path.join(out, "timing_cpu.json")) as f:
+        timing = json.load(f)
+    # Exit paths for the choice were timed on validation inputs; the chosen points on test.
+    assert timing["profile_inputs"] == "validation" and timing["measured_on"]["inputs"] == "test"
+    profile_baseline_ms = np.median(timing["profile"]["rounds_ms"]["baseline"])
     rows = {r["selection"]: r for r in table["rows"][1:]}
     assert list(rows)[0] == "test knee (as paper)"
     knee = rows["val knee (grid)"]
@@ -270,7 +274,7 @@ def test_runner_selects_on_validation_and_reports_on_test(tiny_run, capsys):
         assert row["time_ms"] > 0 and 0 < row["accuracy"] <= 100
         assert sum(row["exit_percent"]) == pytest.approx(100) and row["val_accuracy"] > 0
     assert drop["val_accuracy"] >= summary["val_baseline_accuracy"] * 100 - 1 - 1e-9
-    assert fits["val_predicted_ms"] <= 5 * table["timing"]["baseline_ms"]
+    assert fits["val_predicted_ms"] <= 5 * profile_baseline_ms
     assert "Val acc.(%)" in printed and "val knee (grid)" in printed
 
     # Another criterion and search in the same folder reuse the weights; files get a suffix.
@@ -293,16 +297,18 @@ def test_runner_selects_on_validation_and_reports_on_test(tiny_run, capsys):
     assert marked["accuracy"] is None and "fastest" in marked["note"]
 
 
-def _fixed_timing(out):
-    """Exit-path timings fixed in advance (the runner reuses timing_cpu.json when present),
-    so budgets are exact and two runs compare without timing noise."""
-    import chainer
-    from branchynet.io import write_json
-    from branchynet.report import machine_info
-    write_json(os.path.join(out, "timing_cpu.json"), {
-        "machine": machine_info(chainer.get_device("@numpy")), "samples": 30,
-        "inputs": "validation", "criterion": "entropy", "path_ms": [0.3, 1.0],
-        "trunk_ms": [0.1, 0.8], "baseline_ms": 0.9, "baseline_trunk_ms": 0.8})
+def fixed_latency(branchy, baseline, x, device=None, points=None, rounds=5, block=10,
+                  criterion="entropy", progress=False):
+    """``measure_latency`` with latencies fixed in advance, so budgets are exact and two
+    runs compare without timing noise; the points still run, for their exits and labels."""
+    from branchynet.timing import Interleaved, latency_variants
+    variants = latency_variants(branchy, baseline, x, device, criterion, points)
+    for name in points or {}:
+        for i in range(len(x)):
+            variants[name](i)
+    fixed = {"baseline": 0.9, "baseline_trunk": 0.8, "exit1": 0.3, "exit1_trunk": 0.1,
+             "exit2": 1.0, "exit2_trunk": 0.8}
+    return Interleaved({name: [fixed.get(name, 0.5)] * rounds for name in variants}, len(x)), variants
 
 
 def test_runner_choice_reads_no_test_data(tiny_run, tmp_path, monkeypatch, capsys):
@@ -311,18 +317,19 @@ def test_runner_choice_reads_no_test_data(tiny_run, tmp_path, monkeypatch, capsy
     Both runs start from the same trained weights, in new folders with the same fixed
     timings; in the second every test-set output is recomputed from the noise.
     """
+    import branchynet.experiment as experiment
     import experiments.run as run
+    monkeypatch.setattr(experiment, "measure_latency", fixed_latency)
     budgets = ["--latency-budget-ms", "0.65", "--latency-budget-fraction", "0.8",
                "--accuracy-floor", "50", "--accuracy-drop", "0.5"]
     real, noisy = str(tmp_path / "real"), str(tmp_path / "noisy")
     for out in (real, noisy):
         os.makedirs(out)
-        _fixed_timing(out)
         for name in ("baseline.npz", "branchynet.npz"):
             shutil.copy(os.path.join(tiny_run[0], name), out)
     run.main(TINY + ["--out", real] + budgets)
 
-    load = run.load_dataset
+    load = experiment.load_dataset
 
     def load_with_noise_as_test(*args, **kwargs):
         data = load(*args, **kwargs)
@@ -331,7 +338,7 @@ def test_runner_choice_reads_no_test_data(tiny_run, tmp_path, monkeypatch, capsy
         data.test_y = rng.randint(10, size=len(data.test_y)).astype(np.int32)
         return data
 
-    monkeypatch.setattr(run, "load_dataset", load_with_noise_as_test)
+    monkeypatch.setattr(experiment, "load_dataset", load_with_noise_as_test)
     run.main(TINY + ["--out", noisy] + budgets)
     capsys.readouterr()
     chosen_real, chosen_noisy = _selected(real), _selected(noisy)

@@ -19,6 +19,10 @@ class DatasetError(RuntimeError):
     """A dataset could not be found, fetched or verified; the message says how to fix it."""
 
 
+class DatasetValueError(DatasetError, ValueError):
+    """An unknown dataset name or option (also a ValueError, as such errors used to be)."""
+
+
 def cache_dir():
     """The per-user cache directory for datasets and preprocessed arrays."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -44,19 +48,35 @@ def md5sum(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
+def sha256sum(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path):
+    """What ``Dataset.info`` records of a file read: absolute path, size and SHA-256."""
+    path = os.path.abspath(path)
+    return {"path": path, "bytes": os.path.getsize(path), "sha256": sha256sum(path)}
+
+
 def _candidates(dataset, filename, roots):
     for root in roots:
         yield os.path.join(root, dataset, filename)
         yield os.path.join(root, filename)
 
 
-def locate(dataset, files, data_dir=None, mirrors=(), how_to=""):
+def locate(dataset, files, data_dir=None, mirrors=(), how_to="", explain_mismatch=None):
     """Return ``{filename: path}`` for every file in ``files`` (a ``{filename: md5}`` dict).
 
     Each file is looked up in the search roots; the first copy found is checked against
     its md5. Files found nowhere are downloaded from ``mirrors`` (base URLs tried in order)
     into the cache. Raises DatasetError naming the files, the places searched and how to
-    provide them when that fails, and for any corrupt file.
+    provide them when that fails, and for any file with another md5:
+    ``explain_mismatch(path, actual_md5, expected_md5)`` may return the message for such
+    a file (e.g. "a valid file of another dataset"), else it is reported as corrupt.
     """
     roots = search_roots(data_dir)
     found, missing = {}, []
@@ -65,7 +85,7 @@ def locate(dataset, files, data_dir=None, mirrors=(), how_to=""):
         if path is None:
             missing.append(filename)
             continue
-        _verify(path, md5)
+        _verify(path, md5, explain_mismatch)
         found[filename] = path
     if not missing:
         return found
@@ -91,9 +111,12 @@ def locate(dataset, files, data_dir=None, mirrors=(), how_to=""):
     return found
 
 
-def _verify(path, md5):
+def _verify(path, md5, explain_mismatch=None):
     actual = md5sum(path)
     if actual != md5:
+        message = explain_mismatch(path, actual, md5) if explain_mismatch else None
+        if message:
+            raise DatasetError(message)
         raise DatasetError(
             f"{path} is corrupt: md5 {actual}, expected {md5}. "
             f"Delete it and provide the official file (or let it be downloaded again).")

@@ -34,9 +34,10 @@ import zipfile
 
 import numpy as np
 
-from branchynet.datasets._files import (ENV_VAR, DatasetError, cache_dir, download, md5sum,
-                                        search_roots)
+from branchynet.datasets._files import (ENV_VAR, DatasetError, DatasetValueError, cache_dir,
+                                        download, file_record, md5sum, search_roots)
 from branchynet.datasets.base import Dataset
+from branchynet.datasets.user import load_npz
 
 ARCHIVE = "cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -157,12 +158,13 @@ def _read_batch(path):
     return x, np.asarray(batch[b"labels"], np.int32)
 
 
-def _read_split(folder, names, limit):
+def _read_split(folder, names, limit, records):
     xs, ys, count = [], [], 0
     for name in names:
         if limit is not None and count >= limit:
             break
         x, y = _read_batch(os.path.join(folder, name))
+        records[name] = file_record(os.path.join(folder, name))
         xs.append(x)
         ys.append(y)
         count += len(y)
@@ -276,19 +278,23 @@ def load_cifar10(data_dir=None, preprocess="scale", zca_epsilon=0.0, limit=None,
         mirrors: base URLs the archive is downloaded from when no copy is found.
     """
     if preprocess not in PREPROCESSINGS:
-        raise ValueError(f"unknown CIFAR-10 preprocessing {preprocess!r}; "
-                         f"choose one of {', '.join(PREPROCESSINGS)}")
+        raise DatasetValueError(f"unknown CIFAR-10 preprocessing {preprocess!r}; "
+                                f"choose one of {', '.join(PREPROCESSINGS)}")
     if limit is not None and int(limit) < 1:
-        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
+        raise DatasetValueError(f"limit must be a positive number of images, got {limit!r}")
     limit = None if limit is None else int(limit)
     folder = locate_cifar10(data_dir, mirrors)
-    train_x, train_y = _read_split(folder, TRAIN_BATCHES, limit)
-    test_x, test_y = _read_split(folder, ("test_batch",), limit)
+    records = {}
+    train_x, train_y = _read_split(folder, TRAIN_BATCHES, limit, records)
+    test_x, test_y = _read_split(folder, ("test_batch",), limit, records)
     with open(os.path.join(folder, "batches.meta"), "rb") as f:
         label_names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+    records["batches.meta"] = file_record(os.path.join(folder, "batches.meta"))
 
-    info = {"source": "official CIFAR-10 python version", "folder": folder,
-            "label_names": label_names, "preprocess": preprocess}
+    info = {"source": "official CIFAR-10 python version", "folder": folder, "files": records,
+            "samples": {"train": len(train_y), "test": len(test_y)}, "classes": 10,
+            "label_names": label_names, "scaling": "uint8, divided by 255",
+            "preprocess": preprocess}
     if limit is not None:
         info["limit"] = limit
     if preprocess == "scale":
@@ -301,60 +307,28 @@ def load_cifar10(data_dir=None, preprocess="scale", zca_epsilon=0.0, limit=None,
         settings = {"format": _ZCA_CACHE_FORMAT, "epsilon": float(zca_epsilon), "limit": limit,
                     "md5": {name: FILES[name] for name in TRAIN_BATCHES + ("test_batch",)}}
         train, test, path, hit = _zca_cached(train_x, test_x, settings)
-        info.update(zca_epsilon=float(zca_epsilon), cache=path, cache_hit=hit,
+        info.update(zca_epsilon=float(zca_epsilon), cache=path, scaling="ZCA, then per-image "
+                    "min-max to [0, 1]",
                     note="ZCA fitted on the training set, then per-image min-max to [0, 1]")
     return Dataset("cifar10", train.astype(np.float32, copy=False), train_y,
-                   test.astype(np.float32, copy=False), test_y, info=info)
+                   test.astype(np.float32, copy=False), test_y, info=info,
+                   notes={"cache_hit": hit} if preprocess == "zca" else {})
 
 
-NPZ_KEYS = ("train_x", "train_y", "test_x", "test_y")
+def load_npz_dataset(path, name=None, preprocess="scale"):
+    """Load an npz dataset (the authors' ``data.npz`` keys; format in docs/own_data.md).
 
-
-def load_npz_dataset(path, name="npz"):
-    """Load an authors'-style ``data.npz`` (keys train_x, train_y, test_x, test_y).
-
-    Images must be (N, C, H, W) with the same (C, H, W) in both sets, labels (N,)
-    integers. Images are returned as float32 as stored (no preprocessing is applied),
-    labels as int32.
+    Kept for compatibility: ``branchynet.datasets.user.load_npz`` does the work.
 
     Args:
-        path: the .npz file, or a folder holding ``data.npz``.
-        name: the returned Dataset's name.
+        path: the .npz file, or a folder holding ``data.npz`` (or one .npz file).
+        name: the returned Dataset's name (default ``npz:<file or folder name>``).
+        preprocess: ``'scale'`` (uint8 / 255, floats as stored) or ``'standardize'``.
     """
     if path is None:
-        raise DatasetError(f"an npz dataset needs the path of its data.npz "
-                           f"(holding {', '.join(NPZ_KEYS)})")
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if os.path.isdir(path):
-        path = os.path.join(path, "data.npz")
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: no such file. Pass the path of a data.npz holding "
-                           f"{', '.join(NPZ_KEYS)}.")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise DatasetError(f"{path}: not a readable .npz file ({err})") from None
-    with archive:
-        missing = [k for k in NPZ_KEYS if k not in archive.files]
-        if missing:
-            held = ", ".join(archive.files) or "nothing"
-            raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; it holds {held} "
-                               f"(need {', '.join(NPZ_KEYS)})")
-        arrays = {k: archive[k] for k in NPZ_KEYS}
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.ndim != 4:
-            raise DatasetError(f"{path}: {split}_x has shape {x.shape}; expected (N, C, H, W)")
-        if y.ndim != 1 or len(y) != len(x):
-            raise DatasetError(f"{path}: {split}_y has shape {y.shape}; expected ({len(x)},), "
-                               f"one label per image of {split}_x")
-        if not (np.issubdtype(y.dtype, np.integer)
-                or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
-            raise DatasetError(f"{path}: {split}_y holds non-integer labels ({y.dtype})")
-    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
-        raise DatasetError(f"{path}: train_x images are {arrays['train_x'].shape[1:]}, "
-                           f"test_x images {arrays['test_x'].shape[1:]}; they must match")
-    info = {"source": "npz file", "path": path, "md5": md5sum(path)}
-    return Dataset(name, arrays["train_x"].astype(np.float32), arrays["train_y"].astype(np.int32),
-                   arrays["test_x"].astype(np.float32), arrays["test_y"].astype(np.int32),
-                   info=info)
+        raise DatasetError("an npz dataset needs the path of its data.npz (holding train_x, "
+                           "train_y, test_x, test_y): pass --data-dir DIR or --dataset PATH.npz")
+    data = load_npz(path, preprocess=preprocess)
+    if name:
+        data.name = name
+    return data

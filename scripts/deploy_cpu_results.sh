@@ -1,0 +1,39 @@
+#!/bin/sh
+# Chainer vs ONNX Runtime side by side (docs/deploy.md): per network a small runner results
+# folder, its ONNX export (checked against Chainer) and one interleaved timing of both
+# runtimes at batch size 1. Needs the deploy extra: pip install -e ".[deploy]".
+# Usage: BRANCHYNET_DATA=../shared/data scripts/deploy_cpu_results.sh [lenet|alexnet|resnet]...
+set -eu
+cd "$(dirname "$0")/.."
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
+deploy() { .venv/bin/python -m experiments.deploy "$@"; }
+for network in ${*:-lenet alexnet resnet}; do
+    case $network in
+        # The demo's B-LeNet (mnist-5k, quick settings); also timed at the exit mix of the
+        # benchmark weights' knee (91.3 / 8.7%, FLOP-ideal gain 3.8x there).
+        lenet) out=results/deploy-lenet_mnist
+               ./dev.sh run --no-progress --network lenet_mnist --out $out
+               deploy export --results $out
+               deploy time --results $out --samples 400 --rounds 9 --exit-mix 0.913 0.087 \
+                   --no-progress ;;
+        # 2,000 training / 1,000 test images, 2 + 2 epochs; its knee sends every sample out
+        # at exit 1, so the paper's knee mix (65.6 / 25.2 / 9.2%) is timed as well.
+        alexnet) out=results/deploy-alexnet_cifar10
+                 ./dev.sh run --no-progress --network alexnet_cifar10 --train-limit 2000 \
+                     --test-limit 1000 --baseline-epochs 2 --branchy-epochs 2 \
+                     --timing-samples 200 --timing-rounds 3 --out $out
+                 deploy export --results $out
+                 deploy time --results $out --samples 150 --rounds 7 --max-points 4 \
+                     --exit-mix 0.656 0.252 0.092 --no-progress ;;
+        # 500 training / 300 test images, 1 + 1 epoch (ResNet-110 trains at ~10 images/s
+        # here); the paper's knee mix is 41.5 / 13.8 / 44.7%.
+        resnet) out=results/deploy-resnet110_cifar10
+                ./dev.sh run --no-progress --network resnet110_cifar10 --train-limit 500 \
+                    --test-limit 300 --baseline-epochs 1 --branchy-epochs 1 \
+                    --timing-samples 30 --timing-rounds 3 --out $out
+                deploy export --results $out
+                deploy time --results $out --samples 30 --rounds 7 --max-points 3 \
+                    --exit-mix 0.415 0.138 0.447 --no-progress ;;
+        *) echo "unknown network $network (lenet, alexnet or resnet)" >&2; exit 2 ;;
+    esac
+done

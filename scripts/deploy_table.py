@@ -1,0 +1,56 @@
+"""Print the Chainer vs ONNX Runtime table of docs/deploy.md from deploy_<tag>.json files.
+
+    python scripts/deploy_table.py results/deploy-lenet_mnist results/deploy-alexnet_cifar10 \\
+        results/deploy-resnet110_cifar10
+
+One row per timed point (the knee, and the --exit-mix point if any) and network. Figures
+are each sample's fastest round, mean over samples (``summaries_fastest_round_per_sample``);
+in brackets, the median of the per-round means with its range (``summaries``).
+"""
+import json
+import os
+import sys
+
+
+def _gain(fast, rounds):
+    g = rounds["gain"]
+    return f"{fast['gain']['median']:.2f}x ({g['median']:.2f}x, {g['low']:.2f}-{g['high']:.2f})"
+
+
+def rows(folder, tag="cpu"):
+    with open(os.path.join(folder, f"deploy_{tag}.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    manifest_path = os.path.join(folder, "onnx", "manifest.json")
+    with open(manifest_path, encoding="utf-8") as f:
+        title = json.load(f)["title"]
+    out = []
+    for label, fast in record["summaries_fastest_round_per_sample"].items():
+        per_round = record["summaries"][label]
+        c, p, g = (fast["runtimes"][k] for k in ("chainer", "ort", "ort-1g"))
+        cr, pr, gr = (per_round["runtimes"][k] for k in ("chainer", "ort", "ort-1g"))
+        exits = " / ".join(f"{100 * f:.1f}" for f in fast["exit_fractions"])
+        out.append(
+            f"| B-{title} | {label} ({exits}) | {fast['flop_ideal_gain']:.2f}x "
+            f"| {c['baseline']['median_ms']:.3f} → {c['point']['median_ms']:.3f} | {_gain(c, cr)} "
+            f"| {c['zero_overhead_gain']['median']:.2f}x "
+            f"| {g['baseline']['median_ms']:.4f} → {g['point']['median_ms']:.4f} | {_gain(g, gr)} "
+            f"| {100 * g['gain_vs_flop_ideal']:.0f}% | {g['zero_overhead_gain']['median']:.2f}x "
+            f"| {100 * g['decision_share']:.1f}% "
+            f"| {p['point']['median_ms']:.4f}, {p['gain']['median']:.2f}x |")
+    return out
+
+
+def main(folders):
+    print("| B-net | point (exits %) | FLOP-ideal gain | Chainer: baseline → B-net (ms) "
+          "| Chainer gain | Chainer zero-overhead limit "
+          "| ONNX Runtime, one graph: baseline → B-net (ms) | ONNX Runtime gain "
+          "| of FLOP-ideal | ONNX Runtime zero-overhead limit | decisions (share) "
+          "| ONNX Runtime, parts: B-net (ms), gain |")
+    print("|" + "---|" * 12)
+    for folder in folders:
+        for row in rows(folder):
+            print(row)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

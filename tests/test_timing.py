@@ -1,0 +1,89 @@
+"""Repeated, interleaved timing: the order of the calls, the statistics, and the
+self-consistency checks the runner prints (hand-made rounds, no clock involved)."""
+import numpy as np
+import pytest
+
+from branchynet.timing import (Interleaved, check_point, check_trunks, interleave,
+                               interval_coverage)
+
+
+def test_interleave_alternates_variants_per_block_in_varying_order_after_a_warm_call():
+    calls = []
+
+    def variant(name):
+        def run(i):
+            calls.append((name, i))
+            return {"a": 0.001, "b": 0.002, "c": 0.004}[name]
+        return run
+
+    t = interleave({n: variant(n) for n in "abc"}, n_samples=40, rounds=2, block=4, warmup=1)
+    # Warm-up: every variant once on sample 0, untimed.
+    assert calls[:3] == [("a", 0), ("b", 0), ("c", 0)]
+    runs = [calls[k:k + 5] for k in range(3, len(calls), 5)]
+    assert len(runs) == 2 * 10 * 3  # rounds x blocks x variants
+    for run in runs:
+        # One variant at a time: an untimed call on the block's first sample, then the
+        # block's 4 samples.
+        name, first = run[0]
+        assert run == [(name, first)] + [(name, first + k) for k in range(4)]
+    # Every variant, sample and round timed exactly once.
+    timed = sorted(c for run in runs for c in run[1:])
+    assert timed == sorted((n, i) for n in "abc" for i in range(40) for _ in range(2))
+    # The order within blocks varies, so no variant always follows the same one.
+    orders = {tuple(run[0][0] for run in runs[k:k + 3]) for k in range(0, len(runs), 3)}
+    assert len(orders) > 2
+    assert t.rounds == 2 and t.samples == 40
+    assert t.stats("c") == pytest.approx({"median_ms": 4, "q1_ms": 4, "q3_ms": 4,
+                                          "min_ms": 4, "max_ms": 4})
+    assert t.ratio("c", "a") == {"median": 4.0, "low": 4.0, "high": 4.0, "significant": True}
+    assert set(t.load) == {"before", "after"}
+
+
+def test_gain_is_paired_per_round_and_its_interval_can_include_one():
+    # Load doubles in round 2 and hits both alike: the paired gain stays 2 in every round,
+    # while a ratio of medians would be blurred by the unpaired spread.
+    t = Interleaved({"base": [1.0, 2.0, 1.0, 1.1, 0.9], "fast": [0.5, 1.0, 0.5, 0.55, 0.45],
+                     "same": [1.0, 1.9, 1.1, 1.0, 0.95]}, samples=10)
+    assert t.ratio("base", "fast") == pytest.approx(
+        {"median": 2.0, "low": 2.0, "high": 2.0, "significant": True})
+    same = t.ratio("base", "same")
+    assert same["low"] < 1 < same["high"] and same["significant"] is False
+    assert t.stats("base")["median_ms"] == 1.0
+    assert (t.stats("base")["q1_ms"], t.stats("base")["q3_ms"]) == (1.0, 1.1)
+    assert Interleaved.from_json(t.to_json()).rounds_ms["same"].tolist() == [1.0, 1.9, 1.1, 1.0, 0.95]
+    assert interval_coverage(5) == pytest.approx(0.9375)
+
+
+def rounds(**variants):
+    return Interleaved({k: np.asarray(v, float) for k, v in variants.items()}, samples=100)
+
+
+PATHS = dict(exit1=[0.60, 0.62, 0.61], exit2=[1.50, 1.55, 1.52],
+             exit1_trunk=[0.10, 0.10, 0.10], exit2_trunk=[1.20, 1.21, 1.22],
+             baseline=[0.95, 0.97, 0.96], baseline_trunk=[0.90, 0.91, 0.90])
+
+
+def test_a_consistent_mixed_point_raises_no_flag():
+    # 99% at exit 1: predicted 0.99 x exit1 + 0.01 x exit2, measured within noise of it.
+    t = rounds(**PATHS, knee=[0.61, 0.63, 0.62])
+    checks, flags = check_point(t, "knee", [0.99, 0.01])
+    assert flags == []
+    assert checks["vs_prediction"]["median"] == pytest.approx(0.62 / (0.99 * 0.61 + 0.01 * 1.52), rel=1e-6)
+    assert check_trunks(t, 2) == []
+
+
+def test_a_point_faster_than_every_path_it_mixes_is_flagged():
+    # The review's case: a knee (99.2% at exit 1) measured faster than exit 1 alone in
+    # every round, beyond the tolerance.
+    t = rounds(**PATHS, knee=[0.55, 0.56, 0.55])
+    _, flags = check_point(t, "knee", [0.992, 0.008])
+    assert "faster-than-its-paths" in flags and "off-prediction" in flags
+    # ... but not when one round says otherwise (the interval then includes the bound).
+    t = rounds(**PATHS, knee=[0.55, 0.63, 0.55])
+    assert "faster-than-its-paths" not in check_point(t, "knee", [0.992, 0.008])[1]
+
+
+def test_slower_than_its_slowest_path_and_trunk_longer_than_end_to_end_are_flagged():
+    t = rounds(**{**PATHS, "baseline_trunk": [1.0, 1.02, 1.01]}, mid=[1.7, 1.8, 1.75])
+    assert "slower-than-its-paths" in check_point(t, "mid", [0.5, 0.5])[1]
+    assert check_trunks(t, 2) == ["baseline: trunk-slower-than-end-to-end"]

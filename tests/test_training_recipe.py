@@ -1,0 +1,213 @@
+"""Training recipes (optimizer, schedule, augmentation) and time-boxed, resumable training."""
+import itertools
+from dataclasses import replace
+import math
+import os
+
+import branchynet  # noqa: F401  (compatibility fixes before chainer)
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+import pytest
+
+from branchynet.net import Branch, BranchyNet
+from branchynet.training import (FAST_RECIPE, PAPER_RECIPE, Recipe, TimeBudgetExhausted,
+                                 augmentation_rng, crop_flip, train, train_or_load)
+
+CPU = chainer.get_device("@numpy")
+
+
+def test_crop_flip_is_a_padded_crop_or_its_mirror_and_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    out = crop_flip(x, augmentation_rng(7, 3), pad=2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert np.array_equal(out, crop_flip(x, augmentation_rng(7, 3), pad=2))
+    assert not np.array_equal(out, crop_flip(x, augmentation_rng(7, 4), pad=2))
+    assert not np.array_equal(out, crop_flip(x, augmentation_rng(8, 3), pad=2))
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    flips = 0
+    for i in range(len(x)):
+        crops = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(np.array_equal(out[i], c) for c in crops)
+        mirrored = any(np.array_equal(out[i], c[:, :, ::-1]) for c in crops)
+        assert plain or mirrored, i
+        flips += mirrored and not plain
+    assert 0 < flips < len(x)  # both happen among 16 images
+    assert np.array_equal(crop_flip(x, augmentation_rng(0, 0), pad=0)[:, :, :, ::-1] == x,
+                          crop_flip(x, augmentation_rng(0, 0), pad=0)[:, :, :, ::-1] == x)
+
+
+def test_learning_rate_schedules():
+    cosine = Recipe(optimizer="momentum-sgd", lr=0.1, schedule="cosine")
+    assert cosine.learning_rate(0, 10) == pytest.approx(0.1)
+    assert cosine.learning_rate(5, 10) == pytest.approx(0.05)
+    assert cosine.learning_rate(10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert cosine.learning_rate(2.5, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    step = Recipe(lr=0.1, schedule="step")
+    assert [step.learning_rate(e, 100) for e in (0, 49.9, 50, 74.9, 75, 99)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    warm = Recipe(lr=0.1, schedule="cosine", warmup_epochs=1)
+    assert warm.learning_rate(0, 11) == pytest.approx(0.01)
+    assert warm.learning_rate(0.5, 11) == pytest.approx(0.055)
+    assert warm.learning_rate(1, 11) == pytest.approx(0.1)
+    assert warm.learning_rate(6, 11) == pytest.approx(0.05)
+    assert PAPER_RECIPE.learning_rate(37.2, 50) == 0.001
+    assert FAST_RECIPE.stage_lr("baseline") == 0.1
+    assert FAST_RECIPE.stage_lr("branchynet") == pytest.approx(0.01)
+    assert FAST_RECIPE.learning_rate(3, 4, lr=0.01) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
+def test_bad_recipes_name_the_problem():
+    with pytest.raises(ValueError, match="optimizer 'sgd' is not one of adam, momentum-sgd"):
+        Recipe(optimizer="sgd")
+    with pytest.raises(ValueError, match="lr must be a positive number.*momentum must be below 1"):
+        Recipe(lr=0, momentum=1.5)
+
+
+def _tiny_net():
+    """A two-exit net with BatchNorm and dropout (both stateful or random), 3x8x8 inputs."""
+    return BranchyNet([
+        L.Convolution2D(3, 4, 3, pad=1), L.BatchNormalization(4), F.relu,
+        Branch([L.Linear(256, 5)]),
+        lambda h: F.max_pooling_2d(h, 2), lambda h: F.dropout(h, 0.3),
+        L.Linear(64, 16), F.relu,
+        Branch([L.Linear(16, 5)]),
+    ])
+
+
+def _data():
+    rng = np.random.RandomState(1)
+    y = rng.randint(5, size=96).astype(np.int32)
+    x = (rng.normal(size=(96, 3, 8, 8)) + y[:, None, None, None] * 0.3).astype(np.float32)
+    return x, y
+
+
+def _params(net):
+    return {name: np.array(p.array) for name, p in net.namedparams()}
+
+
+@pytest.mark.parametrize("recipe", [PAPER_RECIPE, Recipe(
+    optimizer="momentum-sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
+    warmup_epochs=0.5, augment="crop-flip", pad=2)], ids=["adam", "sgd-cosine-crop-flip"])
+def test_budget_stop_mid_epoch_then_resume_equals_uninterrupted(recipe, tmp_path):
+    x, y = _data()
+    options = dict(recipe=recipe, seed=3, progress=False)
+    np.random.seed(0)
+    whole = _tiny_net()
+    log = train(whole, x, y, 3, 20, str(tmp_path / "whole"), CPU, **options)
+
+    np.random.seed(0)
+    first = _tiny_net()
+    ticks = itertools.count()  # a fake clock: one tick per stop-trigger check
+    with pytest.raises(TimeBudgetExhausted) as stopped:
+        train(first, x, y, 3, 20, str(tmp_path / "cut"), CPU, time_budget_s=7,
+              clock=lambda: next(ticks), **options)
+    assert 1 < stopped.value.epoch_detail < 2  # 96 / 20 = 4.8 iterations per epoch
+    assert stopped.value.epochs == 3 and os.path.isfile(stopped.value.snapshot)
+    # A new process: other weights and global random state until the snapshot is loaded.
+    np.random.seed(99)
+    resumed = _tiny_net()
+    log_resumed = train(resumed, x, y, 3, 20, str(tmp_path / "cut"), CPU, **options)
+    expected, got = _params(whole), _params(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert np.array_equal(expected[name], got[name]), name
+    for a, b in zip(log, log_resumed):
+        assert a["epoch"] == b["epoch"] and a["main/loss"] == pytest.approx(b["main/loss"], rel=1e-6)
+    # The end-of-epoch snapshot replaced the mid-epoch one.
+    assert sorted(os.listdir(tmp_path / "cut"))[-1] == "snapshot_epoch_3"
+
+
+def test_train_or_load_saves_nothing_when_the_budget_stops_it(tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "baseline.npz")
+    np.random.seed(0)
+    ticks = itertools.count()
+    with pytest.raises(TimeBudgetExhausted) as stopped:
+        train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=lambda m: None,
+                      time_budget_s=2, clock=lambda: next(ticks), progress=False)
+    assert not os.path.exists(path)
+    assert os.path.basename(stopped.value.snapshot) == "snapshot_epoch_0_iter_1"
+    # A budget already spent: no iteration, no new snapshot, the old one stays.
+    with pytest.raises(TimeBudgetExhausted) as stopped:
+        train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=lambda m: None,
+                      time_budget_s=0, progress=False)
+    assert stopped.value.snapshot is None and stopped.value.epoch_detail == pytest.approx(32 / 96)
+    assert os.listdir(tmp_path / "baseline") == ["snapshot_epoch_0_iter_1"]
+    train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=lambda m: None, progress=False)
+    assert os.path.exists(path)
+
+
+# The runner: recipe flags, config, time budget.
+from branchynet.experiment import TRAINING_DEFAULTS  # noqa: E402
+from branchynet.io import read_json  # noqa: E402
+from experiments import run  # noqa: E402
+
+TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "320",
+        "--test-limit", "100", "--baseline-epochs", "1", "--branchy-epochs", "1",
+        "--batch-size", "32", "--timing-samples", "20", "--no-progress"]
+
+
+def test_runner_recipe_flags_and_presets():
+    args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast"])
+    assert args.recipe_obj == replace(FAST_RECIPE, lr=0.2) and args.lr == 0.2
+    assert (args.batch_size, args.train_limit, args.test_limit) == (256, 0, 0)
+    assert (args.baseline_epochs, args.branchy_epochs) == (20, 4)
+    assert args.dataset == "cifar10" and args.out.endswith("resnet110_cifar10-cifar10-fast")
+    args = run.parse_args(["--network", "resnet110_cifar10", "--recipe", "fast",
+                           "--weight-decay", "1e-4", "--lr-schedule", "step", "--lr", "0.05"])
+    assert args.recipe_obj.weight_decay == 1e-4 and args.recipe_obj.schedule == "step"
+    assert args.lr == 0.05 and args.recipe_obj.augment == "crop-flip"
+    args = run.parse_args(["--network", "lenet_mnist"])
+    assert args.recipe_obj == PAPER_RECIPE and args.lr == 0.001 and args.deadline is None
+    recorded = {k: v for k, v in args.recipe_obj.to_dict().items() if k != "lr"}
+    assert recorded == TRAINING_DEFAULTS["recipe"]  # what folders without the key had
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--paper", "--recipe", "fast"], "--paper trains with the authors' recipe"),
+    (["--recipe", "fast"], "lenet_mnist has no fast preset"),
+    (["--momentum", "1.2"], "momentum must be below 1"),
+    (["--time-budget", "0"], "--time-budget must be a positive number of minutes"),
+    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
+])
+def test_runner_rejects_bad_recipe_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(["--network", "lenet_mnist"] + argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_runner_stops_at_the_time_budget_and_continues(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "run")
+    # A clock far in the past when the budget is set: the deadline has passed at once.
+    clock = iter([-1e12])
+    monkeypatch.setattr(run, "_clock", lambda: next(clock, run.time.monotonic()))
+    with pytest.raises(SystemExit) as exited:
+        run.main(TINY + ["--out", out, "--time-budget", "5", "--augment", "crop-flip",
+                         "--weight-decay", "1e-4"])
+    assert exited.value.code == run.EXIT_TIME_BUDGET == 3
+    printed = capsys.readouterr().out
+    assert "[baseline] stopped at the time budget after epoch 0.00 of 1; run again to continue" in printed
+    assert sorted(os.listdir(out)) == ["baseline", "config.json"]  # no weights, no sweep
+    config = read_json(os.path.join(out, "config.json"))
+    assert config["recipe"]["augment"] == "crop-flip" and config["recipe"]["weight_decay"] == 1e-4
+    assert config["recipe_preset"] == "paper" and config["lr"] == 0.001
+    # Another recipe in the same folder is refused; the same one (any budget) continues.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run.main(TINY + ["--out", out])
+    assert refused.value.code == 2
+    assert "holds a run with other settings (recipe" in capsys.readouterr().err
+    summary = run.main(TINY + ["--out", out, "--time-budget", "30", "--augment", "crop-flip",
+                               "--weight-decay", "1e-4"])
+    assert os.path.exists(os.path.join(out, "branchynet.npz")) and summary["devices"]["cpu"]
+
+
+def test_runner_train_only_stops_before_the_sweep(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    summary = run.main(TINY + ["--out", out, "--train-only"])
+    assert summary["trained_only"] and "--train-only: both networks are trained" in capsys.readouterr().out
+    assert {"baseline.npz", "branchynet.npz"} <= set(os.listdir(out))
+    assert not any(n.startswith(("exit_outputs", "table_", "timing_")) for n in os.listdir(out))
