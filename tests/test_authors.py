@@ -197,7 +197,6 @@ def _live():
     return checkout, env
 
 
-@pytest.mark.slow
 def test_live_lenet_their_init_is_equivalent(tmp_path, data_dir):
     checkout, env = _live()
     tool.main(["--authors-repo", checkout, "--env", env, "--data-dir", data_dir,
@@ -209,7 +208,6 @@ def test_live_lenet_their_init_is_equivalent(tmp_path, data_dir):
     assert len(result["training"]["joint"]["theirs"]) == 2
 
 
-@pytest.mark.slow
 def test_live_ours_to_theirs(tmp_path, data_dir):
     from branchynet.training import save_weights
     checkout, env = _live()
@@ -226,7 +224,6 @@ def test_live_ours_to_theirs(tmp_path, data_dir):
         np.testing.assert_array_equal(back[key], value, err_msg=key)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet_cifar10", "resnet110_cifar10"])
 def test_live_cifar_networks_at_their_init(name, tmp_path, data_dir):
     checkout, env = _live()
@@ -260,7 +257,6 @@ def test_verdict_tells_rounding_from_a_real_difference():
     assert "not finite for 3 sample(s) of theirs" in tool.verdict(nan, None)[0]
 
 
-@pytest.mark.slow
 def test_live_not_a_model_is_a_clear_error(tmp_path, data_dir):
     checkout, env = _live()
     bogus = tmp_path / "bogus.bn"
