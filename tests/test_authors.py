@@ -118,6 +118,20 @@ def test_training_losses_match_theirs(fixture):
     np.testing.assert_allclose(ours, t["theirs_joint"], rtol=tool.LOSS_RTOL)
 
 
+def test_training_check_tells_the_paper_text_adam_apart(fixture, monkeypatch):
+    """Adam with the paper text's beta1 = 0.99 (their code: Chainer's 0.9) misses their
+    losses by far more than the tolerance: the check can see the optimiser's settings."""
+    import chainer
+    t = fixture["training"]
+    adam = chainer.optimizers.Adam
+    monkeypatch.setattr(chainer.optimizers, "Adam", lambda alpha: adam(alpha=alpha, beta1=0.99))
+    baseline = A.from_interchange(BranchyNet(get_network("lenet_mnist").build(), main_only=True),
+                                  {k: t[k] for k in t if k.startswith("main/")}, "main")
+    ours = A.run_train_steps(baseline, t["x"], t["y"])
+    gap = np.max(np.abs(ours - t["theirs_main"]) / t["theirs_main"])
+    assert gap > 10 * tool.LOSS_RTOL, gap
+
+
 def test_interchange_for_another_network_is_refused(fixture):
     spec = get_network("alexnet_cifar10")
     with pytest.raises(ValueError, match="another network"):
