@@ -319,22 +319,27 @@ def _loss_gaps(ours, theirs, ref):
 
 class _TheirClock:
     """One of their timed variants as an ``interleave`` callable: returns their wall clock
-    per sample and keeps the time their code reports (trunk only) in ``reported``."""
+    per sample and keeps the time their code reports (trunk only) for every call, keyed by
+    sample and wall time, so the calls ``interleave`` timed (not its warm-up calls) can be
+    picked out afterwards."""
 
     def __init__(self, their, variant, thresholds=None):
         self.their, self.variant, self.thresholds = their, variant, thresholds
-        self.reported = []
+        self.reported = {}
 
     def __call__(self, i):
         r = self.their.call("time", variant=self.variant, start=int(i), count=1,
                             thresholds=self.thresholds)
-        self.reported.append(r["reported"][0])
-        return r["wall"][0]
+        wall = float(r["wall"][0])
+        self.reported[(int(i), wall)] = r["reported"][0]
+        return wall
 
-    def reported_rounds_ms(self, rounds, n):
-        """Per-round mean of the reported times (the calls after the warm-up)."""
-        values = np.array(self.reported[len(self.reported) - rounds * n:])
-        return 1e3 * values.reshape(rounds, n).mean(axis=1)
+    def reported_rounds_ms(self, seconds):
+        """Per-round mean (ms) of the reported times of the calls timed in ``seconds``
+        (rounds x samples, as ``Interleaved.seconds[name]``)."""
+        values = np.array([[self.reported[(i, float(s))] for i, s in enumerate(row)]
+                           for row in np.asarray(seconds)])
+        return 1e3 * values.mean(axis=1)
 
 
 class _OurTrunkAt:
@@ -431,7 +436,7 @@ def timing(their, net, baseline, x, y, thresholds, rounds, work):
         child.close()
     rows = []
     for name, _, _ in configs:
-        reported = theirs[name].reported_rounds_ms(rounds, len(x))
+        reported = theirs[name].reported_rounds_ms(t.seconds[f"{name}|theirs"])
         row = {"config": name,
                "theirs_reported": _stats(reported),
                "theirs_wall": t.stats(f"{name}|theirs"),
