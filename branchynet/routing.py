@@ -15,12 +15,16 @@ from chainer import backend
 
 
 def entropy(logits):
-    """Entropy (natural log) of ``softmax(logits)`` per row, with 0 * log 0 = 0."""
+    """Entropy (natural log) of ``softmax(logits)`` per row, with 0 * log 0 = 0.
+
+    A row with a NaN or infinite logit gets a NaN entropy, which is never below a
+    threshold: a broken sample goes on to the last exit instead of looking certain.
+    """
     xp = backend.get_array_module(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     p = xp.exp(log_p)
-    return -xp.where(p > 0, p * log_p, 0).sum(axis=1)
+    return -xp.where(p == 0, 0, p * log_p).sum(axis=1)
 
 
 def _softmax(logits):

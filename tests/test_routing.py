@@ -110,3 +110,14 @@ def test_bad_thresholds_are_rejected_clearly(bad, message):
 def test_network_list_must_end_with_a_branch():
     with pytest.raises(ValueError, match="must end with a Branch"):
         BranchyNet([Branch([abs]), abs])
+
+
+def test_a_sample_with_nan_logits_is_never_certain():
+    """NaN logits (a broken input or network) give a NaN score at every criterion, so the
+    sample goes on to the last exit, as in the authors' code, instead of leaving first."""
+    from branchynet.routing import CRITERIA
+    logits = np.array([[np.nan, 1.0, 0.0], [5.0, 0.0, 0.0]], np.float32)
+    for name, score in CRITERIA.items():
+        values = score(logits)
+        assert np.isnan(values[0]) and np.isfinite(values[1]), name
+        assert not (values < np.float32(np.inf))[0]
