@@ -80,18 +80,24 @@ def test_lenet_notebook_and_reloading_its_weights(tmp_path):
 
 
 def test_alexnet_notebook(tmp_path, data_dir):
-    summary, notebook = execute("alexnet_cifar10", tmp_path, data_dir=str(data_dir))
+    # The weights of the committed CPU results folder (scripts/reproduce_cpu_results.sh;
+    # tests/test_results.py checks they reproduce its outputs): no CIFAR training here.
+    summary, notebook = execute("alexnet_cifar10", tmp_path, data_dir=str(data_dir),
+                                results_dir=os.path.join(ROOT, "results", "cpu-alexnet_cifar10"))
     check_common(summary, notebook, n_exits=3, grid_points=11 ** 2)
     assert images(notebook) == 3  # Fig. 3, exits and entropies, Fig. 4
     # 2,000 images, 2 + 2 epochs: far from the paper, clearly above chance (10%).
     assert max(summary["exit_accuracies"]) > 0.2
+    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
 
 
 def test_resnet_notebook(tmp_path, data_dir):
-    summary, notebook = execute("resnet110_cifar10", tmp_path, data_dir=str(data_dir))
+    summary, notebook = execute("resnet110_cifar10", tmp_path, data_dir=str(data_dir),
+                                results_dir=os.path.join(ROOT, "results", "cpu-resnet110_cifar10"))
     check_common(summary, notebook, n_exits=3, grid_points=17 ** 2)
     assert images(notebook) == 2
     assert summary["macs"][0] == 48_600_000 and summary["baseline_macs"] == 232_411_968
+    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
 
 
 def test_notebooks_match_their_template():
