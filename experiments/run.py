@@ -305,8 +305,9 @@ def check_args(parser, args):
         if getattr(args, name) is None:
             setattr(args, name, preset[name])
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1 (a finished stage is reused "
-                         f"when you run the same --out again; nothing needs 0)")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1" + (
+                "" if name == "batch_size" else " (a finished stage is reused when you run "
+                "the same --out again: no need for 0)"))
     for name in ("train_limit", "test_limit"):
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, 0))
