@@ -53,6 +53,7 @@ from branchynet.report import machine_info  # noqa: E402
 from branchynet.selection import (AccuracyFloor, LatencyBudget, coordinate_search,  # noqa: E402
                                   grid_search, quantile_search, select, select_knee)
 from branchynet.sweep import ExitOutputs, evaluate_grid, predict_runtime  # noqa: E402
+from branchynet.timing import Interleaved, path_summary  # noqa: E402
 from branchynet.synthetic import default_path_ms, synthetic_exit_outputs  # noqa: E402
 from networks import get_network  # noqa: E402
 
@@ -94,10 +95,12 @@ def cases(args):
         val = ExitOutputs.load(os.path.join(folder, "exit_outputs_val.npz"))
         test = ExitOutputs.load(os.path.join(folder, "exit_outputs.npz"))
         timing = read_json(os.path.join(folder, "timing_cpu.json"))
+        # The exit-path medians of the runner's profile (timed on validation inputs).
+        path_ms = path_summary(Interleaved.from_json(timing["profile"]), val.n_exits)["path_ms"]
         values = get_network(config["network"]).grid  # the entropy grid (the outputs' criterion)
         yield (f"real-{os.path.basename(os.path.normpath(folder))}",
                f"{config['network']} on {config['dataset']}, validation {len(val.labels)}, "
-               f"test {len(test.labels)}", val, test, np.array(timing["path_ms"]), values,
+               f"test {len(test.labels)}", val, test, np.array(path_ms), values,
                config["inc_amt"])
 
 
