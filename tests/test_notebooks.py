@@ -88,7 +88,8 @@ def test_alexnet_notebook(tmp_path, data_dir):
     assert images(notebook) == 3  # Fig. 3, exits and entropies, Fig. 4
     # Briefly trained (10,000 images, 3 + 3 epochs): far from the paper, above chance (10%).
     assert max(summary["exit_accuracies"]) > 0.2
-    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
+    assert "[branchynet] reusing" in printed(notebook)
+    assert "[baseline] training" not in printed(notebook)
 
 
 def test_resnet_notebook(tmp_path, data_dir):
@@ -97,7 +98,8 @@ def test_resnet_notebook(tmp_path, data_dir):
     check_common(summary, notebook, n_exits=3, grid_points=17 ** 2)
     assert images(notebook) == 2
     assert summary["macs"][0] == 48_600_000 and summary["baseline_macs"] == 232_411_968
-    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
+    assert "[branchynet] reusing" in printed(notebook)
+    assert "[baseline] training" not in printed(notebook)
 
 
 def test_notebooks_match_their_template():
