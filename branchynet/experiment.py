@@ -733,6 +733,7 @@ class Experiment:
             self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
         self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
         self.s.val_size = 0
+        self.s.timing_samples = 0  # nothing is timed here
         self.load_data()
         self.build_networks()
         load_weights(self.path("baseline.npz"), self.baseline)
