@@ -132,6 +132,9 @@ def abort(comm, err, code=1):
     print(f"error: rank {comm.rank} of {comm.size} failed: {type(err).__name__}: {err}; "
           f"ending all {comm.size} processes (files are written atomically: nothing "
           f"half-written is left)", file=sys.stderr, flush=True)
+    # MPI_Abort makes the launcher kill every process, its output forwarders too: give the
+    # message time to reach the terminal first (it was lost now and then in CI).
+    time.sleep(1.0)
     comm.mpi_comm.Abort(code)
     os._exit(code)  # MPICH may return from MPI_Abort before the launcher kills us
 
