@@ -8,16 +8,13 @@ import os
 
 import numpy as np
 
+from branchynet.datasets._files import file_digest
 from branchynet.report import machine_info
 
 
-def file_sha256(path, chunk=1 << 20):
+def file_sha256(path):
     """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def array_sha256(array):

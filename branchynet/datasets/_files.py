@@ -40,20 +40,21 @@ def search_roots(data_dir=None):
     return roots
 
 
-def md5sum(path, chunk=1 << 20):
-    digest = hashlib.md5()
+def file_digest(path, algorithm, chunk=1 << 20):
+    """Hex digest of a file's bytes (``algorithm``: a hashlib name), read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def sha256sum(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path):
+    return file_digest(path, "md5")
+
+
+def sha256sum(path):
+    return file_digest(path, "sha256")
 
 
 def file_record(path):
