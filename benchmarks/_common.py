@@ -403,14 +403,6 @@ def concatenate_rounds(parts):
     return Interleaved(rounds, parts[0].samples, load)
 
 
-def round_stats(values):
-    """Median, quartiles, minimum and maximum of per-round values (e.g. seconds)."""
-    values = np.asarray(values, np.float64)
-    q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"median": float(median), "q1": float(q1), "q3": float(q3),
-            "min": float(values.min()), "max": float(values.max())}
-
-
 def shifted(summary, by):
     """A ``ratio_summary`` moved by ``by`` (e.g. -1: a ratio as an overhead)."""
     return {**summary, "median": summary["median"] + by, "low": summary["low"] + by,

@@ -29,7 +29,7 @@ from chainer import backend  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from branchynet.routing import check_thresholds  # noqa: E402
-from branchynet.timing import interleave, synchronize  # noqa: E402
+from branchynet.timing import interleave, spread, synchronize  # noqa: E402
 
 POWERS = [2 ** k for k in range(11)]  # 1 .. 1024
 DEFAULTS = {
@@ -90,8 +90,8 @@ def throughput(setup, thresholds, batch_size, args):
     exits = variants["bnet"].exits
     counts = np.bincount(exits, minlength=setup.branchy.n_exits)
     return {"batch_size": batch_size, "batches": batches, "images": len(exits),
-            "baseline_images_per_s": C.round_stats(rates["baseline"]),
-            "bnet_images_per_s": C.round_stats(rates["bnet"]),
+            "baseline_images_per_s": spread(rates["baseline"]),
+            "bnet_images_per_s": spread(rates["bnet"]),
             "speedup": t.ratio("baseline", "bnet"), "exit_counts": counts.tolist(),
             "exit_fractions": (counts / len(exits)).tolist(), "timing": t.to_json()}
 

@@ -39,7 +39,7 @@ from benchmarks import _common as C  # noqa: E402
 from branchynet.experiment import point_name  # noqa: E402
 from branchynet.sweep import collect_exit_outputs, evaluate_grid, exit_indices, threshold_grid  # noqa: E402
 from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave, path_name,  # noqa: E402
-                               ratio_summary)
+                               ratio_summary, spread)
 
 DEFAULTS = {
     "lenet_mnist": {"samples": 1000, "brute_points": 0, "batch_size": 100, "warmup": 10,
@@ -125,9 +125,9 @@ def main(argv=None):
 
     with report.figure("cached_sweep") as fig:
         fig.update({"grid_points": len(grid), "samples": len(x), "batch_size": args.batch_size,
-                    "collect_exit_outputs_s": C.round_stats(rounds.collect_s),
-                    "evaluate_grid_s": C.round_stats(rounds.evaluate_s),
-                    "cached_sweep_s": C.round_stats(cached_s),
+                    "collect_exit_outputs_s": spread(rounds.collect_s),
+                    "evaluate_grid_s": spread(rounds.evaluate_s),
+                    "cached_sweep_s": spread(cached_s),
                     "per_round": {"collect_exit_outputs_s": rounds.collect_s,
                                   "evaluate_grid_s": rounds.evaluate_s}})
     C.log(f"{tag}: cached sweep of {len(grid)} grid points over {len(x)} images: "
@@ -137,7 +137,7 @@ def main(argv=None):
           f"{1e3 * fig['evaluate_grid_s']['median']:.1f} ms) {C.timing_note(brute_t)}")
 
     with report.figure("exit_path_timing") as fig:
-        fig.update({"samples": len(xp), "exit_path_timing_s": C.round_stats(paths_s),
+        fig.update({"samples": len(xp), "exit_path_timing_s": spread(paths_s),
                     "path_ms": [path_t.median(name) for name in paths],
                     "stats": {name: path_t.stats(name) for name in paths},
                     "timing": path_t.to_json()})
@@ -165,9 +165,9 @@ def main(argv=None):
         identical = all(r["identical"] for r in rows)
         fig.update({"points_run": len(rows), "grid_points": len(grid), "sampled": sampled,
                     "sample_seed": args.seed if sampled else None,
-                    "measured_s": C.round_stats(brute_run_s),
-                    "per_point_s": C.round_stats(brute_run_s / len(rows)),
-                    "brute_force_s": C.round_stats(brute_s), "extrapolated": sampled,
+                    "measured_s": spread(brute_run_s),
+                    "per_point_s": spread(brute_run_s / len(rows)),
+                    "brute_force_s": spread(brute_s), "extrapolated": sampled,
                     "identical": identical, "points": rows, "timing": brute_t.to_json()})
     total = fig["brute_force_s"]["median"]
     how = (f"{len(rows)} of {len(grid)} points drawn at random (seed {args.seed}) took "

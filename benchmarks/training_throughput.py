@@ -29,7 +29,7 @@ from chainer import optimizers  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from branchynet.net import JointLoss  # noqa: E402
-from branchynet.timing import interleave, synchronize  # noqa: E402
+from branchynet.timing import interleave, spread, synchronize  # noqa: E402
 
 DEFAULTS = {
     "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2, "block": 1},
@@ -85,8 +85,8 @@ def main(argv=None):
     for key, net in (("baseline", setup.baseline), ("joint", setup.branchy)):
         with report.figure(key) as fig:
             fig.update({"batch_size": args.batch_size,
-                        "seconds_per_iteration": C.round_stats(t.rounds_ms[key] / 1e3),
-                        "images_per_s": C.round_stats(args.batch_size * 1e3 / t.rounds_ms[key]),
+                        "seconds_per_iteration": spread(t.rounds_ms[key] / 1e3),
+                        "images_per_s": spread(args.batch_size * 1e3 / t.rounds_ms[key]),
                         "exits_trained": net.n_exits})
         rate = fig["images_per_s"]
         C.log(f"{tag}: {key} training {rate['median']:.1f} images/s [{rate['q1']:.1f}, "

@@ -133,8 +133,9 @@ class Experiment:
                                 f"{len(d.test_y)} test samples: use at most {len(d.test_y)}, "
                                 f"or 0 for all of them")
         shape = tuple(d.test_x.shape[1:])
+        probe = BranchyNet(self.spec.build())
         try:
-            outputs = BranchyNet(self.spec.build()).predict_all_exits(d.test_x[:1])
+            outputs = probe.predict_all_exits(d.test_x[:1])  # also sizes the lazy layers
         except Exception as err:
             raise SettingsError(f"{self.spec.name} cannot run on {s.dataset} inputs of shape "
                                 f"{shape}: {type(err).__name__}: {err}") from None
@@ -142,12 +143,8 @@ class Experiment:
         if any(o.shape[1] < labels for o in outputs):
             raise SettingsError(f"{self.spec.name}'s exits give {[o.shape[1] for o in outputs]} "
                                 f"classes, but {s.dataset} has labels up to {labels - 1}")
-
-    def network_structure(self):
-        """Parameter names and shapes of the B-net (lazy layers sized by one sample)."""
-        net = BranchyNet(self.spec.build())
-        net.predict_all_exits(self.data.test_x[:1])
-        return {name: list(p.shape) for name, p in sorted(net.namedparams())}
+        # Parameter names and shapes of the B-net, recorded in config.json.
+        self.structure = {name: list(p.shape) for name, p in sorted(probe.namedparams())}
 
     def _config(self, options):
         s, data = self.s, self.data
@@ -155,7 +152,7 @@ class Experiment:
                   "dataset_options": options,
                   "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
                   "data_record": data.info,
-                  "network_structure": self.network_structure(),
+                  "network_structure": self.structure,
                   "train_limit": s.train_limit, "test_limit": s.test_limit,
                   "samples": {"train": len(data.train_y), "test": len(data.test_y),
                               "val": 0 if data.val_y is None else len(data.val_y)},

@@ -139,10 +139,7 @@ class Interleaved:
 
     def stats(self, name):
         """Median, quartiles, minimum and maximum (ms) over the rounds."""
-        r = self.rounds_ms[name]
-        q1, med, q3 = np.percentile(r, [25, 50, 75])
-        return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3),
-                "min_ms": float(r.min()), "max_ms": float(r.max())}
+        return {f"{k}_ms": v for k, v in spread(self.rounds_ms[name]).items()}
 
     def combine(self, weights):
         """Per-round ms of a weighted sum of variants, e.g. a prediction from exit paths."""
@@ -164,6 +161,14 @@ class Interleaved:
     @classmethod
     def from_json(cls, doc):
         return cls(doc["rounds_ms"], doc["samples"], doc.get("load"))
+
+
+def spread(values):
+    """Median, quartiles, minimum and maximum of per-round values."""
+    values = np.asarray(values, np.float64)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3),
+            "min": float(values.min()), "max": float(values.max())}
 
 
 def ratio_summary(per_round):

@@ -50,7 +50,8 @@ RECEIVED = os.environ.get("BRANCHYNET_CARRY_DIR", "/tmp/branchynet-carry")
 MIB = 1 << 20
 CALL_LIMIT_MIB = 64
 MARGIN_MIB = 2  # for files the working tree gains before the call (logs, notes)
-# The official md5s (branchynet/datasets/cifar10.py and mnist.py hold the same).
+# The official md5s, as branchynet/datasets/cifar10.py holds them: copied, not imported,
+# because this script runs on the device before Chainer (which branchynet imports) is there.
 CIFAR_FILES = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
