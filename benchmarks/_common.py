@@ -2,7 +2,7 @@
 variants, JSON.
 
 The data, networks, weights, exit outputs and knee come from the runner's own object,
-``branchynet.experiment.Experiment``: either a results folder of ``python -m
+``experiments.experiment.Experiment``: either a results folder of ``python -m
 experiments.run`` (``--results DIR``, read with ``Experiment.from_results``: its weights,
 its cached exit outputs and, for the knee, its timing record) or the runner's data and
 training stages run here on a quick setting, in a weights cache folder
@@ -31,7 +31,7 @@ import numpy as np
 from chainer import backend
 
 from branchynet.datasets import cache_dir
-from branchynet.experiment import SELECTION_KEYS, Experiment
+from experiments.experiment import SELECTION_KEYS, Experiment
 from branchynet.io import read_json, write_json
 from branchynet.provenance import blas_settings
 from branchynet.report import device_label, machine_info

@@ -51,7 +51,7 @@ from chainer.function_hooks import TimerHook  # noqa: E402
 
 import branchynet.routing as routing  # noqa: E402
 from benchmarks import _common as C  # noqa: E402
-from branchynet.experiment import compare_with_sweep  # noqa: E402
+from experiments.experiment import compare_with_sweep  # noqa: E402
 from branchynet.flops import expected_macs, exit_path_costs  # noqa: E402
 from branchynet.net import Branch, BranchyNet  # noqa: E402
 from branchynet.routing import check_thresholds  # noqa: E402

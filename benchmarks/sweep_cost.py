@@ -36,7 +36,7 @@ import branchynet  # noqa: F401,E402  (compatibility fixes before chainer)
 import numpy as np  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
-from branchynet.experiment import point_name  # noqa: E402
+from experiments.experiment import point_name  # noqa: E402
 from branchynet.sweep import collect_exit_outputs, evaluate_grid, exit_indices, threshold_grid  # noqa: E402
 from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave, path_name,  # noqa: E402
                                ratio_summary, spread)

@@ -129,7 +129,7 @@ def read_sweep(path):
 
 def load_results(args):
     """Experiment, trained networks, test data and sweep of a results folder."""
-    from branchynet.experiment import Experiment
+    from experiments.experiment import Experiment
     from branchynet.training import load_weights
     if not os.path.isdir(args.results):
         raise UsageError(f"{args.results} is not a folder: pass the results folder of "
@@ -277,7 +277,7 @@ def thresholds_for_mix(outputs, mix):
 
 
 def _point_name(thresholds):
-    from branchynet.experiment import point_name
+    from experiments.experiment import point_name
     return point_name(thresholds)
 
 
@@ -349,7 +349,7 @@ def summarise(timings, fractions, costs, n_exits, points, focus):
 def table_rows(exp, focus, costs):
     """Table I rows for every runtime: the baseline, and the B-net at each point of
     ``focus`` (a list of ``(label, accuracy %, thresholds, exit fractions, summary)``)."""
-    from branchynet.experiment import ROW_KEYS
+    from experiments.experiment import ROW_KEYS
     rows = []
     base_acc = 100 * float(exp.baseline_outputs.exit_accuracies()[0])
     for key, title in RUNTIMES:

@@ -7,7 +7,7 @@
 
     python -m experiments.run --from-results results/cpu-lenet_mnist   # re-derive, no training
 
-Stages (branchynet.experiment.Experiment), each resumable (outputs already in the results
+Stages (experiments.experiment.Experiment), each resumable (outputs already in the results
 folder are reused when the hashes of the weights and inputs they were made from match):
   1. data: read the dataset, apply the limits, carve the validation split;
   2. train the baseline (main branch only) for E1 epochs, then the B-net from it, all exits
@@ -68,7 +68,7 @@ from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
-from branchynet.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
+from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid

@@ -166,7 +166,7 @@ def test_latency_at_a_given_exit_mix(common, tmp_path):
 def test_latency_with_a_results_folder_takes_its_weights_and_knee(common, tmp_path):
     """A results folder's weights, exit outputs and timing record are used as they are: the
     knee is ``Experiment.select`` on the folder's profile."""
-    from branchynet.experiment import SELECTION_KEYS, Experiment
+    from experiments.experiment import SELECTION_KEYS, Experiment
     from branchynet.io import write_json
     tiny = ["--timing-samples", "4", "--eval-samples", "100", "--block", "4", "--warmup", "1",
             "--profile-samples", "2", "--routing-samples", "10"]

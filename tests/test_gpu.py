@@ -300,7 +300,7 @@ def test_synchronised_timing_on_the_gpu(lenet_pair, mnist, monkeypatch):
     # The same decisions as the batched sweep, as on the CPU, except for samples scoring
     # within float32 rounding of the threshold (logits at batch size 1 and 30 may differ
     # in the last bits): those are counted, and must be all the disagreements.
-    from branchynet.experiment import compare_with_sweep
+    from experiments.experiment import compare_with_sweep
     outputs = collect_exit_outputs(net, x, mnist.test_y[:30], device=device)
     other, borderline = compare_with_sweep(outputs, [0.1], exits)
     assert other == borderline

@@ -317,7 +317,7 @@ def test_runner_choice_reads_no_test_data(tiny_run, tmp_path, monkeypatch, capsy
     Both runs start from the same trained weights, in new folders with the same fixed
     timings; in the second every test-set output is recomputed from the noise.
     """
-    import branchynet.experiment as experiment
+    import experiments.experiment as experiment
     import experiments.run as run
     monkeypatch.setattr(experiment, "measure_latency", fixed_latency)
     budgets = ["--latency-budget-ms", "0.65", "--latency-budget-fraction", "0.8",

@@ -141,7 +141,7 @@ def test_train_or_load_saves_nothing_when_the_budget_stops_it(tmp_path):
 
 
 # The runner: recipe flags, config, time budget.
-from branchynet.experiment import TRAINING_DEFAULTS  # noqa: E402
+from experiments.experiment import TRAINING_DEFAULTS  # noqa: E402
 from branchynet.io import read_json  # noqa: E402
 from experiments import run  # noqa: E402
 
