@@ -72,7 +72,8 @@ from experiments.experiment import Experiment, SettingsError, compare_with_sweep
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
 from branchynet.sweep import default_grid
-from branchynet.datasets import DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label
+from branchynet.datasets import (DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label,
+                                 resolve_data_dir)
 from branchynet.net import BranchyNet
 from branchynet.training import (AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES,
                                  TimeBudgetExhausted)
@@ -235,6 +236,7 @@ def parse_args(argv=None):
                         help="with --from-results: also run DIR's weights on its first N test "
                         "samples and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
+    args.data_dir = resolve_data_dir(args.data_dir)  # relative paths: from here, once
     if args.list_networks:
         print(list_networks())
         raise SystemExit(0)

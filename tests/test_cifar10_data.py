@@ -15,6 +15,7 @@ import pytest
 import branchynet  # noqa: F401  (must precede chainer)
 from branchynet.datasets import DatasetError, load_dataset
 from branchynet.datasets import cifar10
+from branchynet.datasets._files import environment_data_dir
 from branchynet.datasets.cifar10 import (ARCHIVE, FOLDER, apply_zca, fit_zca, load_cifar10,
                                          load_npz_dataset, locate_cifar10)
 
@@ -32,8 +33,9 @@ OFFICIAL_MD5 = {
 
 @pytest.fixture(scope="module")
 def data_root():
-    """The data root holding cifar10/cifar-10-batches-py, from $BRANCHYNET_DATA."""
-    root = os.environ.get("BRANCHYNET_DATA")
+    """The data root holding cifar10/cifar-10-batches-py, from $BRANCHYNET_DATA (made
+    absolute, as the library resolves it: the tests link to it from elsewhere)."""
+    root = environment_data_dir()
     if not root:
         reason = "BRANCHYNET_DATA is not set"
     elif not any(os.path.isdir(os.path.join(base, FOLDER))

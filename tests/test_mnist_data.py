@@ -9,7 +9,7 @@ import branchynet  # noqa: F401
 import numpy as np
 import pytest
 
-from branchynet.datasets import DatasetError, load_dataset, split_validation
+from branchynet.datasets import DatasetError, load_dataset, resolve_data_dir, split_validation
 from branchynet.datasets.mnist import FILES, load_mnist
 
 UNREACHABLE = ("http://127.0.0.1:9/",)  # the discard port: refused at once, no network used
@@ -35,6 +35,23 @@ def test_data_dir_comes_from_the_environment(data_dir, empty_cache, monkeypatch)
     monkeypatch.setenv("BRANCHYNET_DATA", data_dir)
     data = load_mnist(mirrors=UNREACHABLE)
     assert data.info["files"]["t10k-labels-idx1-ubyte.gz"]["path"].startswith(data_dir)
+
+
+def test_a_relative_data_folder_is_resolved_once_and_recorded_absolute(
+        data_dir, empty_cache, monkeypatch, tmp_path):
+    """BRANCHYNET_DATA=.. and --data-dir .. as a user types them: resolved against the
+    working directory at the start, the same folder after it changes, absolute in records."""
+    from experiments.run import parse_args
+    monkeypatch.chdir(os.path.join(data_dir, "mnist"))
+    monkeypatch.setenv("BRANCHYNET_DATA", "..")
+    args = parse_args(["--network", "lenet_mnist", "--data-dir", "..",
+                       "--out", str(tmp_path / "out")])
+    assert args.data_dir == os.environ["BRANCHYNET_DATA"] == data_dir
+    assert resolve_data_dir(None) is None and os.environ["BRANCHYNET_DATA"] == data_dir
+    monkeypatch.chdir(tmp_path)  # later stages may run elsewhere: the same folder
+    for data in (load_mnist(mirrors=UNREACHABLE), load_mnist(args.data_dir, mirrors=UNREACHABLE)):
+        for record in data.info["files"].values():
+            assert record["path"].startswith(data_dir + os.sep), record
 
 
 def test_corrupt_file_is_reported_and_not_used(data_dir, empty_cache, tmp_path):

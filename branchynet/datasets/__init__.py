@@ -7,7 +7,8 @@ two ``Dataset.info`` records differ (for refusing to resume a folder with other 
 import os
 import re
 
-from branchynet.datasets._files import DatasetError, DatasetValueError, cache_dir
+from branchynet.datasets._files import (DatasetError, DatasetValueError, cache_dir,
+                                        resolve_data_dir)
 from branchynet.datasets.base import Dataset, split_validation
 from branchynet.datasets.cifar10 import load_cifar10, load_npz_dataset
 from branchynet.datasets.mnist import load_mnist, load_mnist_5k
@@ -167,4 +168,4 @@ __all__ = ["DATASET_KINDS", "Dataset", "DatasetError", "DatasetValueError", "LOA
            "OPTIONS", "PREPROCESS_CHOICES", "cache_dir", "dataset_kind", "dataset_label",
            "info_differences",
            "load_cifar10", "load_dataset", "load_idx", "load_mnist", "load_mnist_5k",
-           "load_npz", "load_npz_dataset", "split_validation"]
+           "load_npz", "load_npz_dataset", "resolve_data_dir", "split_validation"]

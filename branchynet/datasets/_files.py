@@ -29,13 +29,35 @@ def cache_dir():
     return os.path.join(base, "branchynet")
 
 
+def absolute_path(path):
+    """``path`` (``~`` expanded) as an absolute, normalised path, relative to the current
+    working directory: a folder a user typed, resolved once."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def environment_data_dir():
+    """``$BRANCHYNET_DATA`` as an absolute path; None when it is unset or empty."""
+    value = os.environ.get(ENV_VAR)
+    return absolute_path(value) if value else None
+
+
+def resolve_data_dir(data_dir=None):
+    """For a command line, at its start: ``data_dir`` (``--data-dir``) as an absolute path
+    (None stays None), and a relative ``$BRANCHYNET_DATA`` made absolute in the
+    environment, so every later lookup, record and child process sees the same folder
+    whatever the working directory then is."""
+    if os.environ.get(ENV_VAR):
+        os.environ[ENV_VAR] = environment_data_dir()
+    return absolute_path(data_dir) if data_dir else data_dir
+
+
 def search_roots(data_dir=None):
     """The data roots to search, in priority order (flag > environment > cache)."""
     roots = []
     if data_dir:
-        roots.append(os.path.abspath(os.path.expanduser(os.fspath(data_dir))))
-    if os.environ.get(ENV_VAR):
-        roots.append(os.path.abspath(os.path.expanduser(os.environ[ENV_VAR])))
+        roots.append(absolute_path(data_dir))
+    if environment_data_dir():
+        roots.append(environment_data_dir())
     roots.append(cache_dir())
     return roots
 

@@ -29,7 +29,8 @@ import zlib
 
 import numpy as np
 
-from branchynet.datasets._files import (ENV_VAR, DatasetError, DatasetValueError, cache_dir,
+from branchynet.datasets._files import (ENV_VAR, DatasetError, DatasetValueError,
+                                        absolute_path, cache_dir, environment_data_dir,
                                         file_record)
 from branchynet.datasets.base import Dataset
 
@@ -151,11 +152,11 @@ def find_idx_files(folder):
 
 def _places(kind, data_dir):
     if data_dir:
-        path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+        path = absolute_path(data_dir)
         return [path, os.path.join(path, kind)], True
     roots = []
-    if os.environ.get(ENV_VAR):
-        roots.append(os.path.abspath(os.path.expanduser(os.environ[ENV_VAR])))
+    if environment_data_dir():
+        roots.append(environment_data_dir())
     roots.append(cache_dir())
     return [p for root in roots for p in (os.path.join(root, kind), root)], False
 
