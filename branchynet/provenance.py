@@ -10,6 +10,7 @@ import numpy as np
 
 from branchynet.datasets._files import file_digest
 from branchynet.report import machine_info
+from branchynet.threads import blas_info, timing_blas
 
 
 def file_sha256(path):
@@ -26,23 +27,21 @@ def array_sha256(array):
 
 
 def blas_settings():
-    """The BLAS library NumPy uses, its thread count, and the thread variables set."""
+    """The loaded BLAS libraries with their current thread counts, and the thread variables
+    set in the environment (which ``branchynet.threads`` overrides where it sets a count)."""
     env = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                       "MKL_NUM_THREADS") if k in os.environ}
-    try:
-        from threadpoolctl import threadpool_info
-        pools = [{k: p.get(k) for k in ("internal_api", "version", "num_threads")}
-                 for p in threadpool_info() if p.get("user_api") == "blas"]
-    except ImportError:
-        pools = None
-    return {"environment": env, "blas": pools}
+    return {"environment": env, "blas": blas_info()}
 
 
 def machine_key(device):
-    """The parts of ``machine_info`` and ``blas_settings`` that change a timing."""
+    """The parts of ``machine_info`` that change a timing, and the BLAS libraries with the
+    thread count batch-size-1 timing runs with (set by ``branchynet.threads``, whatever
+    the environment says)."""
     info = machine_info(device)
     keep = ("device", "cpu", "cpu_count", "gpu", "python", "chainer", "numpy", "cupy")
-    return {**{k: info[k] for k in keep if k in info}, "blas": blas_settings()}
+    blas = [{k: p[k] for k in ("internal_api", "version", "num_threads")} for p in timing_blas()]
+    return {**{k: info[k] for k in keep if k in info}, "blas": blas}
 
 
 def differences(old, new, prefix=""):

@@ -21,6 +21,8 @@ import chainer
 import numpy as np
 from chainer import backend
 
+from branchynet.threads import blas_info, timing_threads
+
 
 def synchronize(device):
     """Wait until all work queued on ``device`` has finished (no-op on the CPU)."""
@@ -122,9 +124,10 @@ class Interleaved:
     ``interval_coverage(rounds)`` (93.8% for 5 rounds, 98.4% for 7).
     """
 
-    def __init__(self, rounds_ms, samples, load=None, seconds=None):
+    def __init__(self, rounds_ms, samples, load=None, seconds=None, blas=None):
         self.rounds_ms = {k: np.asarray(v, np.float64) for k, v in rounds_ms.items()}
         self.samples, self.load, self.seconds = samples, load or {}, seconds
+        self.blas = blas  # the BLAS libraries and thread counts the rounds ran with
 
     @property
     def names(self):
@@ -156,11 +159,12 @@ class Interleaved:
     def to_json(self):
         return {"rounds": self.rounds, "samples": self.samples, "load": self.load,
                 "interval_coverage": interval_coverage(self.rounds),
-                "rounds_ms": {k: v.tolist() for k, v in self.rounds_ms.items()}}
+                "rounds_ms": {k: v.tolist() for k, v in self.rounds_ms.items()},
+                **({"blas": self.blas} if self.blas is not None else {})}
 
     @classmethod
     def from_json(cls, doc):
-        return cls(doc["rounds_ms"], doc["samples"], doc.get("load"))
+        return cls(doc["rounds_ms"], doc["samples"], doc.get("load"), blas=doc.get("blas"))
 
 
 def spread(values):
@@ -198,7 +202,8 @@ def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False
         seed: seeds the order of the variants within blocks.
 
     Returns an ``Interleaved`` with each variant's per-round mean in ms, the load average
-    before and after, and the per-sample seconds (``seconds[name]``, rounds x samples).
+    before and after, the per-sample seconds (``seconds[name]``, rounds x samples) and the
+    BLAS libraries with the thread counts it ran with (``blas``; the caller sets them).
 
     Example::
 
@@ -228,7 +233,7 @@ def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False
                 out[i] = run(i)
     load = {"before": load_before, "after": loadavg()}
     return Interleaved({k: 1e3 * v.mean(axis=1) for k, v in seconds.items()}, n_samples,
-                       load, seconds)
+                       load, seconds, blas_info())
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,11 +265,13 @@ def measure_latency(branchy, baseline, x, device=None, points=None, rounds=5, bl
     """Interleaved batch-size-1 latency of the baseline, every exit path (end to end and
     trunk only) and every threshold vector in ``points`` (name -> thresholds), on ``x``.
 
+    Runs with one BLAS thread per library (``branchynet.threads.timing_threads``).
     Returns ``(Interleaved, variants)``; ``variants[name].labels``/``.exits`` hold what
     each point's early-exit inference decided for every sample.
     """
     variants = latency_variants(branchy, baseline, x, device, criterion, points)
-    return interleave(variants, len(x), rounds, block, progress=progress), variants
+    with timing_threads():
+        return interleave(variants, len(x), rounds, block, progress=progress), variants
 
 
 def path_summary(timings, n_exits):
@@ -332,11 +339,13 @@ def check_trunks(timings, n_exits):
 def time_early_exit(net, x, thresholds, device=None, warmup=10, progress=False, desc="timing",
                     criterion="entropy"):
     """Run early-exit inference one sample at a time, once; return per-sample seconds and
-    results as host arrays ``(seconds, labels, exits)`` of length ``len(x)``."""
+    results as host arrays ``(seconds, labels, exits)`` of length ``len(x)`` (one BLAS
+    thread per library, as every batch-size-1 timing)."""
     run = EndToEnd(net, x, thresholds, device, criterion)
-    for i in range(min(warmup, len(x))):
-        run(i)
-    seconds = np.array([run(i) for i in _samples(x, progress, desc)])
+    with timing_threads():
+        for i in range(min(warmup, len(x))):
+            run(i)
+        seconds = np.array([run(i) for i in _samples(x, progress, desc)])
     return seconds, run.labels, run.exits
 
 
@@ -356,7 +365,8 @@ def trunk_latency(net, x, device=None, warmup=10):
     result = []
     for n in range(net.n_exits):
         run = TrunkOnly(net, x, n, device)
-        for i in range(min(warmup, len(x))):
-            run(i)
-        result.append(np.mean([run(i) for i in range(len(x))]))
+        with timing_threads():
+            for i in range(min(warmup, len(x))):
+                run(i)
+            result.append(np.mean([run(i) for i in range(len(x))]))
     return np.array(result)

@@ -30,6 +30,7 @@ from branchynet.net import BranchyNet
 from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
 from branchynet.selection import AccuracyFloor, InfeasibleBudget, LatencyBudget, choose
+from branchynet.threads import thread_count, training_step, training_threads
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
                               predict_runtime, threshold_grid)
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
@@ -190,6 +191,7 @@ class Experiment:
         path = self.path("config.json")
         if os.path.exists(path):
             old = read_json(path)
+            self.config.setdefault("blas", old.get("blas"))  # the BLAS threads chosen before
             changed = [k for k in TRAINING_KEYS
                        if old.get(k, TRAINING_DEFAULTS.get(k)) != self.config.get(k)]
             if changed:
@@ -213,6 +215,22 @@ class Experiment:
             with atomic_path(self.path("val_index.npy")) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, self.data.val_index)
+
+    def set_blas_threads(self, device):
+        """BLAS threads for training and batched work (``--blas-threads``; 'auto': the
+        faster of 1 thread and every core for one training step of the B-net on the first
+        batch, or the folder's earlier choice); returns the record kept in config.json."""
+        def make_step():
+            net = BranchyNet(self.spec.build())
+            net.to_device(device)
+            n = self.s.batch_size
+            return training_step(net, self.data.train_x[:n], self.data.train_y[:n],
+                                 self.s.loss_weights)
+        cpu_alone = self.comm is None and device.xp is np
+        return training_threads(
+            getattr(self.s, "blas_threads", "auto"), make_step if cpu_alone else None,
+            "one process per device (--communicator)" if self.comm is not None
+            else "training on a GPU", (self.config or {}).get("blas"), self.log)
 
     # -- 2. training -----------------------------------------------------------------------
 
@@ -586,6 +604,7 @@ class Experiment:
                 f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples "
                 f"(spread: quartiles of the rounds; gain interval: range of the per-round gains, "
                 f"{100 * interval_coverage(m['rounds']):.1f}% coverage; n.s. = includes 1)"
+                + (f"; {thread_count(m['blas'])}" if m.get("blas") else "")
                 + ("" if record["settings"]["criterion"] == "entropy"
                    else f"; exit criterion {record['settings']['criterion']}"))
 
@@ -599,12 +618,17 @@ class Experiment:
         """
         from branchynet.report import format_table
 
+        # Training runs on the first GPU requested, else on the CPU.
+        train_device = next((d for d in devices if d.xp is not np), devices[0])
+
         def prepare():
             self.load_data()
             self.check_folder()
+            self.config["blas"] = self.set_blas_threads(train_device)
+            write_json(self.path("config.json"), self.config)
         distributed.on_root(self.comm, prepare, (SettingsError, DatasetError))
-        # Training runs on the first GPU requested, else on the CPU.
-        train_device = next((d for d in devices if d.xp is not np), devices[0])
+        if not distributed.is_root(self.comm):
+            self.set_blas_threads(train_device)
         self.train(train_device)
         if not distributed.is_root(self.comm):
             return None, []

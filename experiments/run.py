@@ -101,6 +101,19 @@ def _val_size(text):
         f"{text!r} is neither a sample count (1, 2, ...) nor a fraction in (0, 1)")
 
 
+def _blas_threads(text):
+    """--blas-threads: 'auto' or a thread count >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a thread count (1, 2, ...)")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__,
@@ -225,6 +238,13 @@ def parse_args(argv=None):
     parser.add_argument("--remeasure", action="store_true",
                         help="time again even where timing_<device>.json matches the weights, "
                         "inputs and machine (e.g. to check that two measurements agree)")
+    parser.add_argument("--blas-threads", type=_blas_threads, default="auto", metavar="{auto,N}",
+                        help="BLAS threads (every loaded BLAS library, set with threadpoolctl "
+                        "whatever OPENBLAS_NUM_THREADS says) for training and batched "
+                        "inference; auto: the faster of 1 thread and every core for one "
+                        "training step, measured at the start (1 when training on a GPU or "
+                        "with --communicator); recorded in config.json. Batch-size-1 timing "
+                        "always runs with 1 thread (default: %(default)s)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",

@@ -47,6 +47,16 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     assert table["timing_rule"].startswith("end to end at batch size 1")
     assert table["machine"]["chainer"] == "7.8.1"
     assert "median of 5 interleaved rounds over the first 40 test samples" in printed
+    # Batch-size-1 timing ran with one thread per BLAS library, and says so; training ran
+    # with the thread count measured fastest at the start, recorded in config.json.
+    assert "1 BLAS thread" in printed and "for batch-size-1 timing" in printed
+    for part in ("profile", "measurement"):
+        assert {p["num_threads"] for p in timing[part]["blas"]} == {1}
+    assert {p["num_threads"] for p in timing["measurement_key"]["machine"]["blas"]} == {1}
+    with open(os.path.join(out, "config.json")) as f:
+        blas = json.load(f)["blas"]
+    assert blas["setting"] == "auto" and blas["timing_threads"] == 1
+    assert blas["cores"] == 1 or blas["training_threads"] in blas["measurement"]["candidates"]
     assert "accuracy and exits over all 200 test samples" in printed
     with open(os.path.join(out, "sweep_cpu.csv")) as f:
         lines = f.read().splitlines()
@@ -77,7 +87,8 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     main(TINY + ["--out", out])
     printed = capsys.readouterr().out
     assert "[baseline] reusing" in printed and "[branchynet] reusing" in printed
-    assert "training" not in printed and "measuring" not in printed
+    assert "] training" not in printed and "measuring" not in printed
+    assert "timing a training step" not in printed and "as chosen before" in printed
     main(TINY + ["--out", out, "--remeasure"])
     assert "measuring the baseline" in capsys.readouterr().out
 
