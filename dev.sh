@@ -2,7 +2,8 @@
 # One-step set-up and the project's everyday commands. Idempotent: the virtual
 # environment is created once and reinstalled only when setup.py or a constraint changes.
 #
-#   ./dev.sh demo [ARGS]   set up, then run the B-LeNet experiment on the embedded mnist-5k
+#   ./dev.sh demo [ARGS]   set up, print the speed reference, then run the B-LeNet experiment
+#                          on the embedded mnist-5k
 #   ./dev.sh test [ARGS]   set up, then run the test suite (pytest ARGS)
 #   ./dev.sh test-numpy1   the core tests again in a second environment with NumPy 1.26
 #   ./dev.sh setup         only set up (.venv, with the test and distributed extras)
@@ -48,6 +49,7 @@ command=${1:-demo}
 case "$command" in
     setup|setup-distributed) setup .venv constraints/build.txt ;;
     demo) setup .venv constraints/build.txt
+          .venv/bin/python -m experiments.speedref  # this machine against the README's
           exec .venv/bin/python -m experiments.run --network lenet_mnist "$@" ;;
     run) setup .venv constraints/build.txt
          exec .venv/bin/python -m experiments.run "$@" ;;
