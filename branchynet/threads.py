@@ -97,10 +97,11 @@ def fastest_threads(step, candidates, steps=3, budget_s=2.0, clock=time.perf_cou
     """Time ``step()`` (one unit of the work, e.g. a training step) at each thread count of
     ``candidates`` and return ``(threads, record)``.
 
-    After one untimed warm-up call per count, the counts take turns, one timed call each,
-    until each has ``steps`` calls or ``budget_s`` seconds have passed (at least one timed
-    call each). The first candidate (1 thread) is kept unless another's median is more than
-    ``MARGIN`` faster. ``record`` holds the counts, the per-call milliseconds and the choice.
+    After one untimed warm-up call per count, the counts take turns (in alternating order),
+    one timed call each, until each has ``steps`` calls or ``budget_s`` seconds have passed
+    (at least one timed call each). The first candidate (1 thread) is kept unless another's
+    median is more than ``MARGIN`` faster. ``record`` holds the counts, the per-call
+    milliseconds and the choice.
     """
     candidates = list(dict.fromkeys(int(c) for c in candidates))
     ms = {c: [] for c in candidates}
@@ -109,7 +110,7 @@ def fastest_threads(step, candidates, steps=3, budget_s=2.0, clock=time.perf_cou
             step()
     start = clock()
     while min(len(v) for v in ms.values()) < steps:
-        for c in candidates:
+        for c in candidates if len(ms[candidates[0]]) % 2 == 0 else candidates[::-1]:
             with blas_threads(c):
                 t0 = clock()
                 step()
