@@ -8,7 +8,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
-run() { ./dev.sh run --no-progress ${REMEASURE:+--remeasure} "$@"; }
+# --blas-threads 1: training with one thread, as the committed weights were (timing always is).
+run() { ./dev.sh run --no-progress --blas-threads 1 ${REMEASURE:+--remeasure} "$@"; }
 for network in ${*:-lenet alexnet resnet}; do
     case $network in
         # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
