@@ -34,6 +34,7 @@ from branchynet.datasets import cache_dir
 from experiments.experiment import SELECTION_KEYS, Experiment
 from branchynet.io import read_json, write_json
 from branchynet.provenance import blas_settings
+from branchynet.threads import set_blas_threads
 from branchynet.report import device_label, machine_info
 from branchynet.timing import (Interleaved, interval_coverage, loadavg, measure_latency,
                                synchronize)
@@ -89,9 +90,10 @@ def parser(description, defaults):
     p.add_argument("--warmup", type=int,
                    help="untimed calls of every timing variant before round 1 (default: per "
                    "network, else 2)")
-    p.add_argument("--blas-threads", type=int,
-                   help="limit the BLAS library's threads (threadpoolctl); default: as the "
-                   "library starts (OPENBLAS_NUM_THREADS etc. apply)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="threads of every loaded BLAS library (threadpoolctl, whatever "
+                   "OPENBLAS_NUM_THREADS says) (default: %(default)s, as every timing of the "
+                   "runner)")
     p.set_defaults(_defaults=defaults)
     return p
 
@@ -119,12 +121,9 @@ def finish_args(args, name):
     args.warmup = args.warmup if args.warmup is not None else 2
     if args.timing_rounds < 1 or args.block < 1:
         raise SystemExit("error: --timing-rounds and --block must be >= 1")
-    if args.blas_threads:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            raise SystemExit("error: --blas-threads needs the threadpoolctl package") from None
-        args._blas_limit = threadpool_limits(limits=args.blas_threads, user_api="blas")
+    if args.blas_threads < 1:
+        raise SystemExit("error: --blas-threads must be >= 1")
+    set_blas_threads(args.blas_threads)
     try:
         args.chainer_device = chainer.get_device(args.device)
     except Exception as err:
