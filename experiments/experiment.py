@@ -35,6 +35,7 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
+from experiments.compare import first_difference
 from networks import get_network
 
 class SettingsError(ValueError):
@@ -615,16 +616,7 @@ class Experiment:
         self.exit_outputs(train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
-        summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
-                   "exit_accuracies": self.outputs.exit_accuracies(), "costs": self.costs,
-                   "training": {name: training_record(self.path(os.path.join(name, "log")),
-                                                      len(self.data.train_y))
-                                for name in ("baseline", "branchynet")},
-                   "devices": {}}
-        if self.val_outputs is not None:
-            summary.update(val_baseline_accuracy=self.val_baseline.exit_accuracies()[0],
-                           val_exit_accuracies=self.val_outputs.exit_accuracies())
-        infeasible = []
+        results, infeasible = [], []
         for device in devices:
             result = self.derive(self.tag(device), self.measure(device))
             self.log(format_table(result["rows"], self.table_title(result)))
@@ -635,15 +627,33 @@ class Experiment:
             self._log_other_exits(result)
             self.write_report(result)
             self.plot(result)
+            results.append(result)
+            infeasible += result["infeasible"]
+        summary = self.summary(results)
+        write_json(self.path("summary.json"), summary)
+        self.log(f"results in {self.out}/")
+        return summary, infeasible
+
+    def summary(self, results):
+        """What summary.json holds: accuracies, costs, training records and every device's
+        rows, from the exit outputs, the training logs and the ``derive`` results."""
+        n_train = (self.config.get("samples") or {}).get("train")
+        summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
+                   "exit_accuracies": self.outputs.exit_accuracies(), "costs": self.costs,
+                   "training": {name: training_record(self.path(os.path.join(name, "log")),
+                                                      n_train)
+                                for name in ("baseline", "branchynet")},
+                   "devices": {}}
+        if self.val_outputs is not None:
+            summary.update(val_baseline_accuracy=self.val_baseline.exit_accuracies()[0],
+                           val_exit_accuracies=self.val_outputs.exit_accuracies())
+        for result in results:
             summary["devices"][result["tag"]] = {
                 "rows": result["rows"], "knee": int(result["selection"]["knee"]),
                 "frontier": [int(i) for i in result["selection"]["frontier"]],
                 "paths": result["selection"]["paths"], "warnings": result["warnings"],
                 "selections": result["selections"], "machine": result["record"]["machine"]}
-            infeasible += result["infeasible"]
-        write_json(self.path("summary.json"), summary)
-        self.log(f"results in {self.out}/")
-        return summary, infeasible
+        return summary
 
     def _log_warnings(self, result, shown=5):
         """The self-consistency warnings (the first few; all are in the table JSON)."""
@@ -686,11 +696,12 @@ class Experiment:
         return exp
 
     def recompute(self, verify_outputs=0):
-        """Re-derive every timed device's table and sweep CSV from the committed exit outputs
-        and timing records; returns the list of files that differ from the committed ones.
+        """Re-derive every file ``derive`` makes from the committed exit outputs, timing
+        records and training logs, and compare each with the committed one (``DERIVED``);
+        returns the problems, each naming the file and its first differing field.
 
-        With ``verify_outputs`` N > 0 the committed weights are also run on the first N test
-        samples and must reproduce the committed exit outputs.
+        With ``verify_outputs`` N (> 0, or -1 for all) the committed weights are also run on
+        the first N test and validation samples and must reproduce the exit outputs.
         """
         self.load_cached_outputs()
         self.evaluate()
@@ -701,61 +712,90 @@ class Experiment:
                    if _criterion_of(_tag_of(p)) == self.s.criterion]
         if not records:
             raise SettingsError(f"{self.out} has no timing_<device>.json to derive from")
+        results = [self.derive(_tag_of(p), read_json(p)) for p in records]
+        names = [name for r in results for name in derived_files(r["tag"], self.val_outputs)]
+        # summary.json holds the devices of the run that wrote it last (one criterion).
+        committed_summary = self.path("summary.json")
+        tags = set(read_json(committed_summary).get("devices", {})) if os.path.exists(
+            committed_summary) else {r["tag"] for r in results}
+        summary = None
+        if tags and tags <= {r["tag"] for r in results}:
+            summary = self.summary([r for r in results if r["tag"] in tags])
+            names.append("summary.json")
         committed_folder = self.out
         with tempfile.TemporaryDirectory() as tmp:
             self.out = tmp
             try:
-                for path in records:
-                    tag = _tag_of(path)
-                    self.write_report(self.derive(tag, read_json(path)))
-                    for name in (f"sweep_{tag}.csv", f"table_{tag}.csv"):
-                        committed = os.path.join(committed_folder, name)
-                        if not os.path.exists(committed):
-                            problems.append(f"{committed}: missing")
-                        elif _read(committed) != _read(os.path.join(tmp, name)):
-                            problems.append(f"{committed}: differs from what its exit outputs "
-                                            f"and timing_{tag}.json give")
-                        else:
-                            self.log(f"{committed}: identical to what its exit outputs and "
-                                     f"timing_{tag}.json give")
+                for result in results:
+                    self.write_report(result)
+                if summary is not None:
+                    write_json(self.path("summary.json"), summary)
             finally:
                 self.out = committed_folder
+            for name in names:
+                committed = os.path.join(committed_folder, name)
+                found = first_difference(committed, os.path.join(tmp, name))
+                if found:
+                    problems.append(f"{committed}: {found} (re-derived from the exit outputs, "
+                                    f"timing records and training logs)")
+                else:
+                    self.log(f"{committed}: identical to what its exit outputs and timing "
+                             f"records give")
         return problems
 
     def verify_outputs(self, samples):
-        """Run the committed weights on the first ``samples`` test samples; compare."""
+        """Run the committed weights on the first ``samples`` test samples (and as many
+        validation samples, when the folder has a split; -1: all of them) and compare
+        with the committed exit outputs of both networks."""
         import chainer
         from branchynet.training import load_weights
         if not self.s.data_dir and self.config.get("data_record", {}).get("folder"):
             self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
-        self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
-        self.s.val_size = 0
+        if samples > 0:
+            self.s.test_limit = min(samples, self.s.test_limit or samples)
         self.s.timing_samples = 0  # nothing is timed here
+        config = self.config
         self.load_data()
+        self.config = config  # as committed: the derived files are compared with it
         self.build_networks()
         load_weights(self.path("baseline.npz"), self.baseline)
         load_weights(self.path("branchynet.npz"), self.branchy)
         cpu = chainer.get_device("@numpy")
+        splits = [("test", self.data.test_x, self.data.test_y, self.outputs, self.baseline_outputs)]
+        if self.val_outputs is not None:
+            n = len(self.data.val_y) if samples < 0 else min(samples, len(self.data.val_y))
+            splits.append(("validation", self.data.val_x[:n], self.data.val_y[:n],
+                           self.val_outputs, self.val_baseline))
         problems = []
-        for net, committed, criterion in ((self.branchy, self.outputs, self.s.criterion),
-                                          (self.baseline, self.baseline_outputs, "entropy")):
-            n = len(self.data.test_y)
-            fresh = collect_exit_outputs(net, self.data.test_x, self.data.test_y, device=cpu,
-                                         criterion=criterion)
-            mine = committed.take(slice(0, n))
-            same_labels = np.array_equal(fresh.labels, mine.labels)
-            same_predictions = np.array_equal(fresh.predictions, mine.predictions)
-            close = np.allclose(fresh.scores, mine.scores, rtol=1e-4, atol=1e-6)
-            what = "B-net" if net is self.branchy else "baseline"
-            if same_labels and same_predictions and close:
-                self.log(f"{what}: the weights reproduce the committed exit outputs on {n} test "
-                         f"samples (largest score difference "
-                         f"{np.abs(fresh.scores - mine.scores).max():.2g})")
-            else:
-                problems.append(f"{what}: the weights do not reproduce the committed exit "
-                                f"outputs (labels {same_labels}, predictions {same_predictions}, "
-                                f"scores close {close})")
+        for split, x, y, branchy_outputs, baseline_outputs in splits:
+            for net, committed, criterion in ((self.branchy, branchy_outputs, self.s.criterion),
+                                              (self.baseline, baseline_outputs, "entropy")):
+                fresh = collect_exit_outputs(net, x, y, device=cpu, criterion=criterion)
+                what = f"{'B-net' if net is self.branchy else 'baseline'} ({split})"
+                found = _outputs_difference(fresh, committed.take(slice(0, len(y))))
+                if found:
+                    problems.append(f"{what}: the weights do not reproduce the committed exit "
+                                    f"outputs on the first {len(y)} {split} samples: {found}")
+                else:
+                    self.log(f"{what}: the weights reproduce the committed exit outputs on "
+                             f"{len(y)} {split} samples (largest score difference "
+                             f"{np.abs(fresh.scores - committed.scores[:len(y)]).max():.2g})")
         return problems
+
+
+def _outputs_difference(fresh, committed):
+    """Where freshly computed exit outputs differ from committed ones (None: they agree;
+    scores within float32 rounding of other batch sizes: rtol 1e-4, atol 1e-6)."""
+    if not np.array_equal(fresh.labels, committed.labels):
+        return f"labels differ at sample {int(np.flatnonzero(fresh.labels != committed.labels)[0])}"
+    for name in ("predictions", "scores"):
+        a, b = getattr(fresh, name), getattr(committed, name)
+        same = (a == b) if name == "predictions" else np.isclose(a, b, rtol=1e-4, atol=1e-6)
+        if not same.all():
+            sample, exit_ = np.argwhere(~same)[0]
+            return (f"{name} differ at sample {sample}, exit {exit_ + 1}: committed "
+                    f"{b[sample, exit_]}, re-computed {a[sample, exit_]}")
+    return None
 
 
 # How the timing figures are made (stored with every table).
@@ -772,6 +812,14 @@ ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q
 SWEEP_MEASURED = ("predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
                   "measured_q1_ms", "measured_q3_ms", "gain", "gain_low", "gain_high",
                   "measured_other_exit", "consistency")
+
+
+def derived_files(tag, val_outputs=None):
+    """The files ``write_report`` derives for one device tag (``recompute`` checks them)."""
+    names = [f"sweep_{tag}.csv", f"table_{tag}.csv", f"table_{tag}.json"]
+    if val_outputs is not None:
+        names += [f"selection_{tag}.json", f"candidates_val_{tag}.csv"]
+    return names
 
 
 def point_name(thresholds):

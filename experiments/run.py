@@ -24,11 +24,14 @@ folder are reused when the hashes of the weights and inputs they were made from 
      as warnings and flagged in the CSVs;
   6. report: Table I rows (stdout, CSV, JSON), sweep CSV, a Fig. 3-style plot (PNG, PDF).
 
---from-results DIR re-derives the sweep, frontier, knee and Table I of a results folder
-from its committed exit outputs and timing records only (no data, training or timing)
-and checks the result is identical to the folder's CSVs (exit status 1 if not);
---verify-outputs N also runs the folder's weights on the first N test samples (this needs
-the data) and checks they reproduce the committed exit outputs.
+--from-results DIR re-derives every derived file of a results folder (sweep_<dev>.csv,
+table_<dev>.csv/.json, summary.json; selection_<dev>.json and candidates_val_<dev>.csv
+with a validation split) from its committed exit outputs, timing records and training
+logs only (no data, training or timing) and compares them with the folder's (JSON as
+values, re-derived floats to 1e-9 relative; CSV as text): exit status 1 and the file and
+first differing field if not; --verify-outputs N (or all) also runs the folder's weights
+on the first N test and validation samples (this needs the data) and checks they
+reproduce the committed exit outputs.
 
 Exit status: 0 done; 1 a budget no T meets (everything is still written) or a
 --from-results mismatch; 2 bad input (named, before any work); 3 --time-budget reached
@@ -98,6 +101,20 @@ def _val_size(text):
         return int(value)
     raise argparse.ArgumentTypeError(
         f"{text!r} is neither a sample count (1, 2, ...) nor a fraction in (0, 1)")
+
+
+def _sample_count(text):
+    """--verify-outputs: a count of samples (>= 0), or 'all' (-1)."""
+    if text == "all":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a sample count (0, 1, ...) "
+                                         f"nor 'all'")
+    return value
 
 
 def parse_args(argv=None):
@@ -227,13 +244,16 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",
-                        help="re-derive DIR's sweep, frontier, knee and Table I from its exit "
-                        "outputs and timing records (no training, no timing) and check they "
-                        "are identical to its CSVs; other options are ignored except "
-                        "--criterion, --verify-outputs and --data-dir")
-    parser.add_argument("--verify-outputs", type=int, default=0, metavar="N",
+                        help="re-derive DIR's files from its exit outputs, timing records and "
+                        "training logs (no training, no timing) and compare: sweep_<dev>.csv, "
+                        "table_<dev>.csv/.json, summary.json and, with a validation split, "
+                        "selection_<dev>.json and candidates_val_<dev>.csv (exit status 1 and "
+                        "the first differing field if any differs); other options are ignored "
+                        "except --criterion, --verify-outputs and --data-dir")
+    parser.add_argument("--verify-outputs", type=_sample_count, default=0, metavar="N",
                         help="with --from-results: also run DIR's weights on its first N test "
-                        "samples and check they reproduce the exit outputs (needs the data)")
+                        "samples (and N validation samples, if DIR has a split; 'all': every "
+                        "sample) and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
     if args.list_networks:
         print(list_networks())
