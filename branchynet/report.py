@@ -122,13 +122,15 @@ def write_csv(path, rows, columns=None):
 
 def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, frontier_accuracy,
                     baseline, knee, labels=("B-net", "baseline"), marks=(), ax=None,
-                    frontier_err=None, baseline_err=None):
+                    frontier_err=None, baseline_err=None, predicted_frontier=None):
     """Draw a Fig. 3-style plot: grid points, frontier line, baseline diamond, knee star.
 
     ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; ``marks`` are more
     ``(label, runtime_ms, accuracy_percent)`` points (e.g. thresholds chosen on
     validation). ``frontier_err`` and ``baseline_err`` are ``(below, above)`` runtime
-    spreads (ms) drawn as horizontal error bars. Draws on ``ax`` (a new figure if None) and
+    spreads (ms) drawn as horizontal error bars. ``predicted_frontier`` is ``(runtimes,
+    accuracies)`` of the whole frontier as predicted from the exit paths (a dashed line;
+    the measured points are those timed). Draws on ``ax`` (a new figure if None) and
     returns the figure.
     """
     import matplotlib.pyplot as plt
@@ -136,9 +138,13 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(grid_runtime, grid_accuracy, s=8, color="0.75", label="grid (predicted)", zorder=1)
+    if predicted_frontier is not None:
+        ax.plot(*predicted_frontier, "--", lw=1, color="C0", alpha=0.6,
+                label=f"{labels[0]} frontier (predicted)", zorder=1.5)
     ax.errorbar(frontier_runtime, frontier_accuracy,
-                xerr=None if frontier_err is None else np.transpose(frontier_err), fmt="-o",
-                ms=3, color="C0", capsize=2, label=f"{labels[0]} frontier (measured)", zorder=2)
+                xerr=None if frontier_err is None else np.transpose(frontier_err),
+                fmt="-o" if predicted_frontier is None else "o", ms=3, color="C0", capsize=2,
+                label=f"{labels[0]} frontier (measured)", zorder=2)
     ax.errorbar(*baseline, xerr=None if baseline_err is None else [[baseline_err[0]], [baseline_err[1]]],
                 fmt="D", ms=8, color="C3", capsize=2, label=labels[1], zorder=3)
     ax.plot(*knee, "*", ms=14, color="C1", zorder=4,

@@ -13,6 +13,7 @@ Everything after ``measure`` is derived from two kinds of files alone: the exit 
 rebuilds the sweep, frontier, knee, choices on validation and Table I rows from them, so
 ``recompute`` re-derives a committed folder without training or timing.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 from branchynet import distributed
 from branchynet.datasets import DatasetError, info_differences, load_dataset, split_validation
 from branchynet.flops import exit_path_costs, expected_macs
-from branchynet.frontier import inc_points, knee
+from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
 from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
@@ -80,6 +81,8 @@ class Experiment:
         # A ChainerMN communicator (mpiexec ... --communicator NAME), else None.
         self.comm = getattr(settings, "comm", None)
         self.spec = get_network(settings.network)
+        if getattr(settings, "name", None):  # --name: the network's name in tables and plots
+            self.spec = dataclasses.replace(self.spec, title=settings.name)
         self.out = settings.out
         self.suffix = "" if settings.criterion == "entropy" else f"_{settings.criterion}"
         self.data = self.config = self.baseline = self.branchy = None
@@ -149,7 +152,8 @@ class Experiment:
 
     def _config(self, options):
         s, data = self.s, self.data
-        config = {"network": self.spec.name, "dataset": s.dataset, "data_name": data.name,
+        config = {"network": self.spec.name, "title": self.spec.title,
+                  "dataset": s.dataset, "data_name": data.name,
                   "dataset_options": options,
                   "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
                   "data_record": data.info,
@@ -377,12 +381,18 @@ class Experiment:
 
         measurement_key = {**base_key, "inputs": array_sha256(timed_x), "samples": len(timed_x),
                            "points": sorted(points)}
-        if old.get("measurement_key") == measurement_key:
+        old_key = dict(old.get("measurement_key") or {})
+        if old_key.pop("points", None) is not None and set(points) <= set(
+                old.get("points", {})) and old_key == {k: v for k, v in measurement_key.items()
+                                                         if k != "points"}:
+            # Timed before with these points and maybe more (e.g. --time-all-points): kept.
             record.update({k: old[k] for k in ("measurement", "points")})
+            measurement_key = old["measurement_key"]
         else:
             self.log(f"[{tag}] measuring the baseline, {self.branchy.n_exits} exit paths and "
                      f"{len(points)} threshold vector(s) on {len(timed_x)} test samples at batch "
-                     f"size 1, {s.timing_rounds} interleaved rounds, on {device}")
+                     f"size 1, {s.timing_rounds} interleaved rounds, on {device}: "
+                     + self.estimate(record, points, len(timed_x)))
             timings, variants = measure_latency(
                 self.branchy, self.baseline, timed_x, device, points=points,
                 rounds=s.timing_rounds, block=TIMING_BLOCK, criterion=s.criterion,
@@ -398,12 +408,37 @@ class Experiment:
         return record
 
     def _points(self, record):
-        """Name -> thresholds of every point to measure: the frontier and the choices."""
+        """Name -> thresholds of every point to measure: the knee, the choices on
+        validation, and the non-dominated frontier points spread over predicted runtime,
+        at most ``--timed-points`` of them (``--time-all-points``: the whole frontier)."""
         selection = self.select(record)
-        chosen = [self.sweep.thresholds[i] for i in selection["frontier"]]
+        chosen = [self.sweep.thresholds[i] for i in self.timed_indices(selection)]
         chosen += [c.thresholds for _, c in selection["validation"]
                    if not isinstance(c, InfeasibleBudget)]
         return {point_name(t): [float(v) for v in t] for t in chosen}
+
+    def timed_indices(self, selection):
+        """Grid indices of the frontier points to time (the knee always among them)."""
+        frontier, k = selection["frontier"], int(selection["knee"])
+        if getattr(self.s, "time_all_points", False):
+            return [int(i) for i in frontier]
+        cap = getattr(self.s, "timed_points", None) or TIMED_POINTS
+        pareto = pareto_points(self.sweep.accuracy, selection["predicted"], among=frontier)
+        thinned = spread_over_runtime(pareto, selection["predicted"], cap, keep=[k])
+        return sorted(set(int(i) for i in thinned) | {k})
+
+    def estimate(self, record, points, samples):
+        """How long the measurement will take, from the profile's per-sample path times:
+        every variant's predicted ms x samples x rounds (and one warm-up call per block)."""
+        paths = path_summary(Interleaved.from_json(record["profile"]), self.outputs.n_exits)
+        fractions = evaluate_grid(self.outputs, list(points.values())).exit_fractions
+        per_sample = (paths["baseline_ms"] + paths["baseline_trunk_ms"] + sum(paths["path_ms"])
+                      + sum(paths["trunk_ms"])
+                      + float(predict_runtime(fractions, paths["path_ms"]).sum()))
+        seconds = per_sample * samples * self.s.timing_rounds * (1 + 1 / TIMING_BLOCK) / 1e3
+        return (f"about {_duration(seconds)} ({per_sample:.2f} ms per sample for all "
+                f"{2 + 2 * len(paths['path_ms']) + len(points)} variants, predicted from "
+                f"the profile; more on a busy machine)")
 
     @staticmethod
     def _point_record(thresholds, variant, outputs):
@@ -560,7 +595,8 @@ class Experiment:
 
     def plot(self, result):
         selection, sweep, timings = result["selection"], self.sweep, result["timings"]
-        front = [int(i) for i in selection["frontier"]]
+        frontier = [int(i) for i in selection["frontier"]]
+        front = [i for i in frontier if point_name(sweep.thresholds[i]) in result["measured"]]
         points = [result["measured"][point_name(sweep.thresholds[i])] for i in front]
         base = timings.stats("baseline")
         knee_point = result["measured"][point_name(sweep.thresholds[selection["knee"]])]
@@ -574,7 +610,9 @@ class Experiment:
             (base["median_ms"], 100 * self.baseline_accuracy()),
             (knee_point["stats"]["median_ms"], 100 * sweep.accuracy[selection["knee"]]),
             labels=(f"B-{self.spec.title}", self.spec.title), marks=result["marks"],
-            frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base))
+            frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base),
+            predicted_frontier=(selection["predicted"][frontier],
+                                100 * sweep.accuracy[frontier]))
 
     def table_title(self, result):
         record = result["record"]
@@ -798,6 +836,15 @@ def _outputs_difference(fresh, committed):
     return None
 
 
+# Frontier points timed by default (non-dominated, spread over predicted runtime); the rest
+# of the frontier is predicted from the exit paths (--timed-points, --time-all-points).
+TIMED_POINTS = 25
+
+
+def _duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 # How the timing figures are made (stored with every table).
 TIMING_BLOCK = 10
 TIMING_RULE = ("end to end at batch size 1; every figure is the median over interleaved "
@@ -865,7 +912,8 @@ def _namespace(config, folder, criterion):
     import argparse
     budgets = (config.get("validation") or {}).get("budgets") or {}
     return argparse.Namespace(
-        network=config["network"], dataset=config["dataset"], data_dir=None,
+        network=config["network"], name=config.get("title"), dataset=config["dataset"],
+        data_dir=None,
         preprocess=(config.get("dataset_options") or {}).get("preprocess"),
         train_limit=config.get("train_limit", 0), test_limit=config.get("test_limit", 0),
         val_size=config.get("val_size", 0), seed=config.get("seed", 0),

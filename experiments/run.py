@@ -238,6 +238,18 @@ def parse_args(argv=None):
                         "rounds, and a gain's interval is the range of its per-round values, "
                         "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
                         "5, 98.4%% for 7 (default: %(default)s)")
+    parser.add_argument("--timed-points", type=int, default=25, metavar="N",
+                        help="frontier points timed at most: the non-dominated ones, spread "
+                        "evenly over predicted runtime, the knee always among them (plus the "
+                        "choices on validation); the rest of the frontier is predicted from "
+                        "the exit paths (default: %(default)s)")
+    parser.add_argument("--time-all-points", action="store_true",
+                        help="time every frontier point of the inc-points rule (the authors' "
+                        "frontier; with a fine grid and many exits, thousands of points: the "
+                        "run prints an estimate of the time before it starts)")
+    parser.add_argument("--name", metavar="TITLE",
+                        help="the network's name in tables and plot titles (default: the "
+                        "registered title; for FILE.py:NAME the file's stem, e.g. my_net)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time again even where timing_<device>.json matches the weights, "
                         "inputs and machine (e.g. to check that two measurements agree)")
@@ -350,6 +362,8 @@ def check_args(parser, args):
     check_out(parser, args.out)
     if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
+    if args.timed_points < 2:
+        parser.error("--timed-points must be >= 2 (the fastest and the most accurate point)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
     if any(np.isnan(v) or v < 0 for v in args.grid):
