@@ -156,7 +156,7 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     ax.set_ylabel("Accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.figure.tight_layout()
     return ax.figure
 
