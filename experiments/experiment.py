@@ -36,6 +36,7 @@ from branchynet.timing import (Interleaved, check_point, check_trunks, interval_
                                measure_latency, path_name, path_summary)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from networks import get_network
+from experiments import guarantee
 
 class SettingsError(ValueError):
     """Settings that cannot work with this data or results folder (the runner: exit 2)."""
@@ -613,6 +614,9 @@ class Experiment:
                      f"branchynet.npz); stopping before the exit outputs and the sweep")
             return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
+        guarantee_settings = guarantee.settings_of(self.s)
+        if guarantee_settings and guarantee_settings["calibrate"]:
+            guarantee.compute_logits(self, train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
         summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
@@ -635,6 +639,8 @@ class Experiment:
             self._log_other_exits(result)
             self.write_report(result)
             self.plot(result)
+            if guarantee_settings:
+                guarantee.run_stage(self, result["tag"], result["record"], guarantee_settings)
             summary["devices"][result["tag"]] = {
                 "rows": result["rows"], "knee": int(result["selection"]["knee"]),
                 "frontier": [int(i) for i in result["selection"]["frontier"]],
@@ -720,6 +726,9 @@ class Experiment:
                                      f"timing_{tag}.json give")
             finally:
                 self.out = committed_folder
+        for path in records:  # guarantee_<tag>*.json, calibration.json
+            problems += guarantee.recompute(self, _tag_of(path), read_json(path),
+                                            guarantee.settings_of(self.s))
         return problems
 
     def verify_outputs(self, samples):

@@ -56,6 +56,7 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 """
 import argparse
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -68,6 +69,7 @@ from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
+from experiments import guarantee
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
@@ -211,6 +213,30 @@ def parse_args(argv=None):
                         help="accuracy floor relative to the baseline: the fastest T whose "
                         "validation accuracy is at most PP percentage points below the "
                         "baseline's validation accuracy (0: match the baseline)")
+    select.add_argument("--risk-epsilon", type=float, metavar="PP",
+                        help="thresholds with a guarantee: with probability at least 1 - "
+                        "--risk-delta over the draw of the validation samples, the accuracy "
+                        "lost on new data against sending every sample to the last exit is at "
+                        "most PP percentage points (Learn-then-Test, fixed-sequence testing "
+                        "over a common threshold at every exit, exact binomial p-value; "
+                        "branchynet/risk.py, docs/selection.md section 6). Rows in "
+                        "guarantee_<device>.csv/.json beside the same drop chosen without a "
+                        "guarantee; runtime predicted, not timed. An infeasible PP says how many "
+                        "validation samples it would need")
+    select.add_argument("--risk-delta", type=float, metavar="D",
+                        help="with --risk-epsilon: the probability, in (0, 1), that the "
+                        "guarantee may fail over the validation draw (default: 0.1)")
+    select.add_argument("--risk-loss", choices=("accuracy", "disagreement"),
+                        help="with --risk-epsilon: the 0/1 loss bounded: accuracy (the exit "
+                        "taken is wrong where the last exit is right; bounds the accuracy "
+                        "lost) or disagreement (it predicts another class than the last exit; "
+                        "needs no labels, more conservative) (default: accuracy)")
+    select.add_argument("--calibrate", action="store_true",
+                        help="per-exit temperature scaling: one T per exit fitted (NLL) on a "
+                        "seeded half of the validation split, scores computed from logits / T; "
+                        "writes calibration.json (T, ECE and NLL before/after per exit) and "
+                        "reliability.png; with --risk-epsilon the guarantee is chosen on "
+                        "calibrated scores over the other half (guarantee_<device>_calibrated.*)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
     parser.add_argument("--timing-samples", type=int,
@@ -241,9 +267,35 @@ def parse_args(argv=None):
     if args.from_results:
         if not os.path.isdir(args.from_results):
             parser.error(f"--from-results {args.from_results!r} is not a folder")
+        check_guarantee_args(parser, args, bool(glob.glob(
+            os.path.join(args.from_results, "exit_outputs_val*.npz"))))
         return args
+    check_guarantee_args(parser, args, bool(args.val_size))
     check_args(parser, args)
     return args
+
+
+def check_guarantee_args(parser, args, validation):
+    """--calibrate and --risk-*: their values, and a validation split to work on."""
+    if args.risk_epsilon is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("risk_delta", "risk_loss")
+                 if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} only apply to the guaranteed selection: give "
+                         f"--risk-epsilon PP too")
+    else:
+        if not (np.isfinite(args.risk_epsilon) and 0 < args.risk_epsilon < 100):
+            parser.error("--risk-epsilon is the accuracy lost in percentage points, in (0, 100)")
+        args.risk_delta = 0.1 if args.risk_delta is None else args.risk_delta
+        if not (np.isfinite(args.risk_delta) and 0 < args.risk_delta < 1):
+            parser.error("--risk-delta is a probability in (0, 1), e.g. 0.1 or 0.05")
+        args.risk_loss = args.risk_loss or "accuracy"
+    asked = [name for name, on in (("--calibrate", args.calibrate),
+                                   ("--risk-epsilon", args.risk_epsilon is not None)) if on]
+    if asked and not validation:
+        where = (f"{args.from_results} has no validation exit outputs (a folder made with "
+                 f"--val-size)" if args.from_results else "give --val-size too")
+        parser.error(f"{' and '.join(asked)} work(s) on a validation split: {where}")
 
 
 def check_args(parser, args):
@@ -436,6 +488,10 @@ def recompute(args, log=print):
     """``--from-results``: re-derive a committed folder; True when everything is identical."""
     experiment = Experiment.from_results(args.from_results, args.criterion, log)
     experiment.s.data_dir = args.data_dir
+    for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
+        setattr(experiment.s, name, getattr(args, name))
+    if args.calibrate:
+        guarantee.ensure_logits(experiment)
     problems = experiment.recompute(args.verify_outputs)
     for problem in problems:
         log(f"error: {problem}")
