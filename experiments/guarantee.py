@@ -71,7 +71,7 @@ def logits_name(split):
 def compute_logits(exp, device):
     """Every exit's logits on the test and validation samples, cached in the folder with the
     key of the weights and inputs (``exp`` has its data and B-net loaded)."""
-    for split in ("test", "val"):
+    for split in ("test", "val") if exp.data.val_x is not None else ("test",):
         x, y = getattr(exp.data, f"{split}_x"), getattr(exp.data, f"{split}_y")
         key = json.dumps({"weights": file_sha256(exp.path("branchynet.npz")),
                           "inputs": array_sha256(x), "labels": array_sha256(y)}, sort_keys=True)
@@ -106,14 +106,15 @@ def ensure_logits(exp):
     exit outputs."""
     import chainer
     from branchynet.training import load_weights
-    if all(os.path.exists(exp.path(logits_name(split))) for split in ("test", "val")):
-        return
     exp.load_cached_outputs()
+    splits = ("test", "val") if exp.val_outputs is not None else ("test",)
+    if all(os.path.exists(exp.path(logits_name(split))) for split in splits):
+        return
     exp.s.timing_samples = 0
     exp.load_data()
     exp.build_networks()
     load_weights(exp.path("branchynet.npz"), exp.branchy)
-    for split, outputs in (("test", exp.outputs), ("val", exp.val_outputs)):
+    for split, outputs in zip(splits, (exp.outputs, exp.val_outputs)):
         made_from = json.loads(outputs.key)["inputs"] if outputs.key else None
         x = getattr(exp.data, f"{split}_x")
         if made_from and made_from != array_sha256(x):

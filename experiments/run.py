@@ -226,10 +226,12 @@ def parse_args(argv=None):
     select.add_argument("--risk-delta", type=float, metavar="D",
                         help="with --risk-epsilon: the probability, in (0, 1), that the "
                         "guarantee may fail over the validation draw (default: 0.1)")
-    select.add_argument("--risk-loss", choices=("accuracy", "disagreement"),
+    select.add_argument("--risk-loss", choices=("accuracy", "signed", "disagreement"),
                         help="with --risk-epsilon: the 0/1 loss bounded: accuracy (the exit "
                         "taken is wrong where the last exit is right; bounds the accuracy "
-                        "lost) or disagreement (it predicts another class than the last exit; "
+                        "lost; exact binomial p-value), signed (the accuracy lost itself, per "
+                        "sample in {-1, 0, 1}; Hoeffding-Bentkus p-value: better where exits "
+                        "often disagree) or disagreement (it predicts another class than the last exit; "
                         "needs no labels, more conservative) (default: accuracy)")
     select.add_argument("--calibrate", action="store_true",
                         help="per-exit temperature scaling: one T per exit fitted (NLL) on a "
