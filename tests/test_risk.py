@@ -141,15 +141,17 @@ def test_infeasible_epsilon_names_a_sample_count_that_makes_it_feasible():
     more = small.take(np.tile(np.arange(len(small)), copies))
     assert ltt_select(more, [0.43, 1.0], 0.005, 0.1, family).feasible
     # With losses at the first candidate: the count comes from the binomial test.
-    lossy = outputs.take(np.flatnonzero(sample_losses(outputs, family[[40]])[:, 0])[:2])
-    lossy = ExitOutputs(np.concatenate([lossy.scores, small.scores[:98]]),
-                        np.concatenate([lossy.predictions, small.predictions[:98]]),
-                        np.concatenate([lossy.labels, small.labels[:98]]))
-    first = ltt_select(lossy, [0.43, 1.0], 0.05, 0.1, family[[0, 40]])
+    losses = sample_losses(outputs, family)
+    j = int(np.argmax(losses.sum(axis=0) >= 2))
+    picked = np.concatenate([np.flatnonzero(losses[:, j])[:2], np.flatnonzero(~losses[:, j])[:98]])
+    lossy = outputs.take(picked)
+    first = ltt_select(lossy, [0.43, 1.0], 0.05, 0.1, family[[0, j]])
     assert not first.feasible and first.first_risk == 0.02 and first.samples_needed > 100
     copies = math.ceil(first.samples_needed / len(lossy))
     more = lossy.take(np.tile(np.arange(len(lossy)), copies))
-    assert ltt_select(more, [0.43, 1.0], 0.05, 0.1, family[[0, 40]]).feasible
+    assert ltt_select(more, [0.43, 1.0], 0.05, 0.1, family[[0, j]]).feasible
+    fewer = lossy.take(np.tile(np.arange(len(lossy)), copies - 1))
+    assert not ltt_select(fewer, [0.43, 1.0], 0.05, 0.1, family[[0, j]]).feasible
 
 
 # ------------------------------------------------------------- the guarantee, checked
