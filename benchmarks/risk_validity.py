@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from branchynet.calibration import ExitLogits, fit_temperatures, rescore
+from branchynet.calibration import ExitLogits, calibration_report, fit_temperatures, rescore
 from branchynet.io import read_json, write_json
 from branchynet.report import _cpu_model
 from branchynet.risk import (binomial_cdf, common_family, family_vectors,
@@ -196,6 +196,13 @@ def run_case(case, splits, delta, seed):
     k = int(round(FIT_FRACTION * len(outputs)))
     fit, rest = np.sort(order[:k]), np.sort(order[k:])
     temperatures = fit_temperatures(ExitLogits(logits[fit], outputs.labels[fit]))
+    report = calibration_report(temperatures, {
+        "fit": ExitLogits(logits[fit], outputs.labels[fit]),
+        "rest": ExitLogits(logits[rest], outputs.labels[rest])})
+    calibration = [{"exit": e["exit"], "temperature": e["temperature"],
+                    **{f"{part}_{when}_{m}": e[part][when][m] for part in ("fit", "rest")
+                       for when in ("before", "after") for m in ("ece", "nll")}}
+                   for e in report["exits"]]
     variants = {"raw": outputs.take(rest),
                 "calibrated": rescore(outputs.take(rest), ExitLogits(logits[rest], outputs.labels[rest]),
                                       temperatures)}
@@ -203,7 +210,8 @@ def run_case(case, splits, delta, seed):
     family = family_vectors(common_family(outputs.criterion, classes), outputs.n_exits)
     epsilon = case["epsilon_pp"] / 100
     doc = {"case": case["name"], "pool": len(outputs), "temperature_fit_samples": k,
-           "temperatures": temperatures, "calibration_samples": case["calibration_samples"],
+           "temperatures": temperatures, "calibration": calibration,
+           "ece_bins": report["ece_bins"], "calibration_samples": case["calibration_samples"],
            "test_samples": len(rest) - case["calibration_samples"],
            "epsilon_pp": case["epsilon_pp"], "delta": delta, "path_ms": list(case["path_ms"]),
            "baseline_ms": float(case["baseline_ms"]),

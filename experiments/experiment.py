@@ -640,7 +640,9 @@ class Experiment:
             self.write_report(result)
             self.plot(result)
             if guarantee_settings:
-                guarantee.run_stage(self, result["tag"], result["record"], guarantee_settings)
+                doc = guarantee.run_stage(self, result["tag"], result["record"], guarantee_settings)
+                if doc and not doc["feasible"]:
+                    infeasible.append(f"[{result['tag']}] {doc['rows'][-1]['note']}")
             summary["devices"][result["tag"]] = {
                 "rows": result["rows"], "knee": int(result["selection"]["knee"]),
                 "frontier": [int(i) for i in result["selection"]["frontier"]],

@@ -256,31 +256,40 @@ def recompute(exp, tag, record, settings):
         if stem in (f"guarantee_{tag}", f"guarantee_{tag}_calibrated"):
             kept = read_json(path)["settings"]
             wanted[stem] = {k: kept[k] for k in ("calibrate", "epsilon_pp", "delta", "loss")}
-    if settings is not None and settings["epsilon_pp"] is not None:
-        wanted.setdefault(file_stem(tag, settings), settings)
     problems = []
+    if settings is not None and settings["epsilon_pp"] is not None:
+        stem = file_stem(tag, settings)
+        if wanted.setdefault(stem, settings) != settings:
+            problems.append(f"{exp.path(stem + '.json')} holds a guarantee with other settings "
+                            f"({json.dumps(wanted[stem])}, asked: {json.dumps(settings)}); "
+                            f"it is checked as it is: delete it to derive these")
+    calibrated = os.path.exists(exp.path("calibration.json")) or bool(
+        settings and settings["calibrate"])
     with tempfile.TemporaryDirectory() as tmp:
+        names, report = [], None
         for stem, s in wanted.items():
-            doc, report = derive(exp, record, s)
-            names = [stem + ".json", stem + ".csv"]
+            doc, fitted = derive(exp, record, s)
+            report = fitted or report
             write(tmp, tag, s, doc)
-            if report is not None:
-                write_json(os.path.join(tmp, "calibration.json"), report)
-                names.append("calibration.json")
-            for name in names:
-                committed, fresh = exp.path(name), os.path.join(tmp, name)
-                if not os.path.exists(committed):
-                    write_text(committed, _text(fresh))
-                    if name == "calibration.json":
-                        plot_reliability(exp.path("reliability.png"), report, "held_out",
-                                         _reliability_title(exp))
-                    exp.log(f"{committed}: written (the first derivation of these settings)")
-                elif _text(committed) != _text(fresh):
-                    problems.append(f"{committed}: differs from what its exit outputs, logits "
-                                    f"and timing_{tag}.json give (settings {json.dumps(s)})")
-                else:
-                    exp.log(f"{committed}: identical to what its exit outputs, logits and "
-                            f"timing_{tag}.json give")
+            names += [stem + ".json", stem + ".csv"]
+        if calibrated:
+            report = report or calibrate(exp)[1]
+            write_json(os.path.join(tmp, "calibration.json"), report)
+            names.append("calibration.json")
+        for name in names:
+            committed, fresh = exp.path(name), os.path.join(tmp, name)
+            if not os.path.exists(committed):
+                write_text(committed, _text(fresh))
+                if name == "calibration.json":
+                    plot_reliability(exp.path("reliability.png"), report, "held_out",
+                                     _reliability_title(exp))
+                exp.log(f"{committed}: written (the first derivation of these settings)")
+            elif _text(committed) != _text(fresh):
+                problems.append(f"{committed}: differs from what its exit outputs, logits and "
+                                f"timing_{tag}.json give")
+            else:
+                exp.log(f"{committed}: identical to what its exit outputs, logits and "
+                        f"timing_{tag}.json give")
     return problems
 
 

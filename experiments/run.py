@@ -219,7 +219,7 @@ def parse_args(argv=None):
                         "lost on new data against sending every sample to the last exit is at "
                         "most PP percentage points (Learn-then-Test, fixed-sequence testing "
                         "over a common threshold at every exit, exact binomial p-value; "
-                        "branchynet/risk.py, docs/selection.md section 6). Rows in "
+                        "branchynet/risk.py, docs/selection.md section 5). Rows in "
                         "guarantee_<device>.csv/.json beside the same drop chosen without a "
                         "guarantee; runtime predicted, not timed. An infeasible PP says how many "
                         "validation samples it would need")
