@@ -117,27 +117,31 @@ def confidence(logits, temperature=1.0):
     return np.exp(_log_softmax(np.asarray(logits, np.float64) / temperature).max(axis=1))
 
 
-def reliability(confidences, correct, bins=ECE_BINS):
-    """Per equal-width confidence bin ((b/B, (b+1)/B]; 0 goes to the first): sample count,
-    mean confidence and accuracy (NaN for an empty bin)."""
+def _bins(confidences, correct, bins):
     confidences = np.asarray(confidences, np.float64)
     correct = np.asarray(correct, np.float64)
     index = np.clip(np.ceil(confidences * bins).astype(int) - 1, 0, bins - 1)
     count = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(index, confidences, bins) / count
-        accuracy = np.bincount(index, correct, bins) / count
+    safe = np.maximum(count, 1)
+    return (count, np.bincount(index, confidences, bins) / safe,
+            np.bincount(index, correct, bins) / safe)
+
+
+def reliability(confidences, correct, bins=ECE_BINS):
+    """Per equal-width confidence bin ((b/B, (b+1)/B]; 0 goes to the first): sample count,
+    mean confidence and accuracy (None for an empty bin)."""
+    count, mean_conf, accuracy = _bins(confidences, correct, bins)
+    def listed(values):
+        return [float(v) if c else None for v, c in zip(values, count)]
     return {"bins": bins, "edges": np.linspace(0, 1, bins + 1).tolist(),
-            "count": count.tolist(), "confidence": mean_conf.tolist(),
-            "accuracy": accuracy.tolist()}
+            "count": count.tolist(), "confidence": listed(mean_conf),
+            "accuracy": listed(accuracy)}
 
 
 def ece(confidences, correct, bins=ECE_BINS):
     """Expected calibration error: sum over bins of (count / n) |accuracy - confidence|."""
-    r = reliability(confidences, correct, bins)
-    count = np.asarray(r["count"], np.float64)
-    gap = np.nan_to_num(np.abs(np.asarray(r["accuracy"]) - np.asarray(r["confidence"])))
-    return float((count * gap).sum() / count.sum())
+    count, mean_conf, accuracy = _bins(confidences, correct, bins)
+    return float((count * np.abs(accuracy - mean_conf)).sum() / count.sum())
 
 
 def exit_report(logits, labels, temperature, bins=ECE_BINS):

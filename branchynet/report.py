@@ -182,7 +182,8 @@ def reliability_figure(report, data="held_out", title=""):
         for when, style in (("before", "o--"), ("after", "s-")):
             r = part[when]["reliability"]
             keep = np.asarray(r["count"]) > 0
-            ax.plot(np.asarray(r["confidence"])[keep], np.asarray(r["accuracy"])[keep], style,
+            confidence = np.asarray(r["confidence"], float)[keep]
+            ax.plot(confidence, np.asarray(r["accuracy"], float)[keep], style,
                     ms=3, label=f"{when}: ECE {100 * part[when]['ece']:.2f}%")
         ax.set_title(f"exit {e['exit']}: T = {e['temperature']:.3g}", fontsize=9)
         ax.set_xlabel("mean confidence in bin")

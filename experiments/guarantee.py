@@ -54,7 +54,7 @@ def _round(x):
 
 def _rounded(obj):
     if isinstance(obj, float):
-        return _round(obj) if np.isfinite(obj) else None
+        return _round(obj) if np.isfinite(obj) else obj  # inf: a threshold releasing all
     if isinstance(obj, dict):
         return {k: _rounded(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -205,7 +205,8 @@ def derive(exp, record, settings):
                                               f"{values[1]:g} to {values[-2]:g}, inf",
                         "seed": exp.s.seed, "criterion": val.criterion},
            "method": "Learn-then-Test (Angelopoulos et al. 2021), fixed-sequence testing, "
-                     "exact binomial tail p-value; branchynet/risk.py",
+                     + ("Hoeffding-Bentkus" if settings["loss"] == "signed" else
+                        "exact binomial tail") + " p-value; branchynet/risk.py",
            "statement": chosen.statement(), "feasible": chosen.feasible,
            "certified_candidates": chosen.rejected,
            "samples_needed": chosen.samples_needed,
