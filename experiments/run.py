@@ -283,7 +283,7 @@ def check_guarantee_args(parser, args, validation):
         given = [f"--{n.replace('_', '-')}" for n in ("risk_delta", "risk_loss")
                  if getattr(args, n) is not None]
         if given:
-            parser.error(f"{', '.join(given)} only apply to the guaranteed selection: give "
+            parser.error(f"{', '.join(given)}: only with the guaranteed selection, give "
                          f"--risk-epsilon PP too")
     else:
         if not (np.isfinite(args.risk_epsilon) and 0 < args.risk_epsilon < 100):
@@ -297,7 +297,8 @@ def check_guarantee_args(parser, args, validation):
     if asked and not validation:
         where = (f"{args.from_results} has no validation exit outputs (a folder made with "
                  f"--val-size)" if args.from_results else "give --val-size too")
-        parser.error(f"{' and '.join(asked)} work(s) on a validation split: {where}")
+        parser.error(f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} a "
+                     f"validation split: {where}")
 
 
 def check_args(parser, args):

@@ -261,3 +261,12 @@ def test_runner_writes_calibration_and_guarantee(tmp_path):
     assert all(e["fit"]["after"]["nll"] <= e["fit"]["before"]["nll"] for e in report["exits"])
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["--from-results", out]) is True
+    # An epsilon no threshold meets: the row says so with a sample count, and the run
+    # exits with status 1 after writing everything (weights, outputs and timings reused).
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as stop:
+        main(TINY + ["--out", out, "--risk-epsilon", "0.01"])
+    assert "validation samples would be needed" in str(stop.value.code)
+    with open(os.path.join(out, "guarantee_cpu.json")) as f:
+        doc = json.load(f)
+    assert doc["feasible"] is False and doc["samples_needed"] > 600
+    assert doc["rows"][2]["selection"] == "Learn-then-Test: INFEASIBLE, last exit kept"
