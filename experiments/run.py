@@ -47,6 +47,14 @@ A budget that no T meets is a row marked INFEASIBLE with the reason (the budget,
 fastest runtime or best accuracy achievable); all results are still written, and the
 run then exits with status 1.
 
+Thresholds with a guarantee (--risk-epsilon PP --risk-delta D, with --val-size): with
+probability at least 1 - D over the draw of the validation samples, the accuracy lost on
+new data against running every sample to the last exit is at most PP points
+(Learn-then-Test, fixed-sequence testing, exact binomial p-value); --calibrate fits one
+temperature per exit first. Rows in guarantee_<device>[_calibrated].csv/.json beside the
+same drop without a guarantee; an infeasible PP says how many validation samples it would
+need, and the run exits with status 1 after writing everything (docs/selection.md).
+
 --criterion picks the exit score (lower = more confident; a sample exits when score < T):
 entropy (the paper's, default), max-prob (1 - top softmax probability: exits when the
 top probability > 1 - T) or margin (1 - (top - second probability): exits when the top
