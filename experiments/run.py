@@ -47,6 +47,12 @@ A budget that no T meets is a row marked INFEASIBLE with the reason (the budget,
 fastest runtime or best accuracy achievable); all results are still written, and the
 run then exits with status 1.
 
+--seeds K runs the seeds --seed .. --seed + K - 1 of one setting, each a complete runner
+folder OUT/seed-<s>/, and reports the mean, standard deviation and range over the seeds of
+every Table I column (experiments/seeds.py); all seeds train first, --train-only stops
+there (with the exit outputs and the accuracy aggregate), and --from-results OUT
+re-derives every seed and the aggregate.
+
 --criterion picks the exit score (lower = more confident; a sample exits when score < T):
 entropy (the paper's, default), max-prob (1 - top softmax probability: exits when the
 top probability > 1 - T) or margin (1 - (top - second probability): exits when the top
