@@ -97,10 +97,6 @@ def run(args, log=print):
     """Train and evaluate every seed, then time each (unless --train-only); write the
     aggregates. Returns ``(summary, infeasible)`` as ``Experiment.run`` does."""
     seeds = list(range(args.seed, args.seed + args.seeds))
-    os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, SEEDS_FILE), {
-        "seeds": seeds, "folders": [os.path.basename(seed_folder("", s)) for s in seeds],
-        "rule": f"--seed {args.seed} --seeds {args.seeds}: seeds {seeds[0]}..{seeds[-1]}"})
     train_device = next((d for d in args.devices if d.xp is not np), args.devices[0])
     for k, seed in enumerate(seeds):
         log(f"== seed {seed} ({k + 1} of {len(seeds)}): train and evaluate, "
@@ -108,6 +104,10 @@ def run(args, log=print):
         exp = Experiment(_settings(args, seed), log)
         exp.load_data()
         exp.check_folder()
+        if k == 0:  # the data and settings passed their checks: the folder is a seeds run
+            write_json(os.path.join(args.out, SEEDS_FILE), {
+                "seeds": seeds, "folders": [os.path.basename(seed_folder("", s)) for s in seeds],
+                "rule": f"--seed {args.seed} --seeds {args.seeds}: seeds {seeds[0]}..{seeds[-1]}"})
         exp.train(train_device)
         exp.exit_outputs(train_device)
     infeasible = []
@@ -192,7 +192,7 @@ def _read(path):
 
 
 def _load(path, criterion, log):
-    """A seed's experiment with its exit outputs and sweep, from its folder alone."""
+    """A seed's experiment rebuilt from its folder; an unfinished folder is refused."""
     if not os.path.exists(os.path.join(path, "config.json")):
         raise SettingsError(f"{path} is missing or has not started: run the same --seeds "
                             f"command again to train it")
@@ -250,8 +250,7 @@ def _check_same_setting(exps):
 def _write(target, name, doc):
     """The aggregate ``doc`` as seeds_<name>.csv, .json and .md; returns the file names."""
     stem = os.path.join(target, f"seeds_{name}")
-    rows = [_csv_row(row, doc["exits"]) for row in doc["rows"]]
-    write_csv(stem + ".csv", rows, _csv_columns(doc["exits"]))
+    write_csv(stem + ".csv", [_csv_row(row) for row in doc["rows"]], _csv_columns(doc))
     write_json(stem + ".json", doc)
     write_text(stem + ".md", format_markdown(doc) + "\n")
     return [f"seeds_{name}.{ext}" for ext in ("csv", "json", "md")]
@@ -428,14 +427,18 @@ def _training_seconds(exp):
 
 # -- formatting ------------------------------------------------------------------------------
 
-def _csv_columns(exits):
-    keys = STATISTICS + tuple(f"exit{n + 1}_percent" for n in range(exits))
+def _csv_columns(doc):
+    """Every statistic some row has (mean, std, min, max each), in STATISTICS order."""
+    present = {k for row in doc["rows"] for k in row["stats"]}
+    keys = [k for k in STATISTICS + tuple(f"exit{n + 1}_percent" for n in range(doc["exits"]))
+            if k in present]
+    timed = "gain" in present
     return (["network", "selection", "seeds", "infeasible_seeds"]
-            + [f"{k}_{s}" for k in keys for s in SUMMARY]
-            + ["thresholds_per_seed", "gain_significant_seeds", "checks_flagged_seeds"])
+            + [f"{k}_{s}" for k in keys for s in SUMMARY] + ["thresholds_per_seed"]
+            + (["gain_significant_seeds", "checks_flagged_seeds"] if timed else []))
 
 
-def _csv_row(row, exits):
+def _csv_row(row):
     out = {k: row[k] for k in ("network", "selection", "seeds", "infeasible_seeds",
                                "gain_significant_seeds", "checks_flagged_seeds")}
     for key, stats in row["stats"].items():

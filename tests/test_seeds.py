@@ -153,11 +153,19 @@ def test_seeds_from_results_recomputes_each_seed_and_catches_tampering(seeds_run
     copy = str(tmp_path / "copy")
     shutil.copytree(out, copy)
     path = os.path.join(copy, "seeds_cpu.csv")
-    with open(path) as f:
-        text = f.read()
-    first = _table(path)[1]["accuracy_mean"]
-    with open(path, "w") as f:  # a knee accuracy nudged in the last printed digit
-        f.write(text.replace(first, first[:-1] + str((int(first[-1]) + 1) % 10), 1))
+    rows = _table(path)
+
+    def written(rows):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return text.getvalue()
+    with open(path, newline="") as f:
+        assert written(rows) == f.read()  # rewriting alone changes nothing
+    rows[1]["accuracy_mean"] = repr(float(rows[1]["accuracy_mean"]) + 0.01)  # the knee's mean
+    with open(path, "w", newline="") as f:
+        f.write(written(rows))
     code, printed, identical = _main(["--from-results", copy])
     assert not identical and f"{copy}/seeds_cpu.csv: differs from what the seeds' folders give" in printed
     # Each seed's folder re-derives on its own too.
