@@ -47,6 +47,12 @@ A budget that no T meets is a row marked INFEASIBLE with the reason (the budget,
 fastest runtime or best accuracy achievable); all results are still written, and the
 run then exits with status 1.
 
+--seeds K runs the seeds --seed .. --seed + K - 1 of one setting, each a complete runner
+folder OUT/seed-<s>/, and reports the mean, standard deviation and range over the seeds of
+every Table I column (experiments/seeds.py); all seeds train first, --train-only stops
+there (with the exit outputs and the accuracy aggregate), and --from-results OUT
+re-derives every seed and the aggregate.
+
 Thresholds with a guarantee (--risk-epsilon PP --risk-delta D, with --val-size): with
 probability at least 1 - D over the draw of the validation samples, the accuracy lost on
 new data against running every sample to the last exit is at most PP points
@@ -77,6 +83,7 @@ from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
+from experiments import seeds
 from experiments import guarantee
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
@@ -176,6 +183,13 @@ def parse_args(argv=None):
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train and evaluate K seeds (--seed, --seed + 1, ...), each in "
+                        "OUT/seed-<s>/, then time each, and report the mean, standard "
+                        "deviation and range over the seeds of every Table I column "
+                        "(OUT/seeds_<device>.csv/.json/.md) and of the accuracies from the "
+                        "exit outputs alone (OUT/seeds_accuracy.*, also with --train-only); "
+                        "default OUT: the runner's default plus -seeds (experiments/seeds.py)")
     parser.add_argument("--device", action="append",
                         help="Chainer device specifier (@numpy, @cupy:0); repeat for several, "
                         "or 'all' for the CPU and every GPU (default: @numpy)")
@@ -281,7 +295,10 @@ def parse_args(argv=None):
             os.path.join(args.from_results, "exit_outputs_val*.npz"))))
         return args
     check_guarantee_args(parser, args, bool(args.val_size))
+    seeds.check_count(parser, args)
+    out_given = args.out is not None
     check_args(parser, args)
+    seeds.check_out(parser, args, out_given)
     return args
 
 
@@ -497,13 +514,17 @@ def _unusable_gpu(device):
 
 def recompute(args, log=print):
     """``--from-results``: re-derive a committed folder; True when everything is identical."""
-    experiment = Experiment.from_results(args.from_results, args.criterion, log)
-    experiment.s.data_dir = args.data_dir
-    for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
-        setattr(experiment.s, name, getattr(args, name))
-    if args.calibrate:
-        guarantee.ensure_logits(experiment)
-    problems = experiment.recompute(args.verify_outputs)
+    if seeds.is_seeds_folder(args.from_results):
+        problems = seeds.recompute(args.from_results, args.criterion, args.verify_outputs,
+                                   args.data_dir, log)
+    else:
+        experiment = Experiment.from_results(args.from_results, args.criterion, log)
+        experiment.s.data_dir = args.data_dir
+        for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
+            setattr(experiment.s, name, getattr(args, name))
+        if args.calibrate:
+            guarantee.ensure_logits(experiment)
+        problems = experiment.recompute(args.verify_outputs)
     for problem in problems:
         log(f"error: {problem}")
     return not problems
@@ -521,7 +542,10 @@ def main(argv=None):
         if args.from_results:
             return recompute(args)
         log = print if distributed.is_root(comm) else (lambda *_, **__: None)
-        summary, infeasible = Experiment(args, log).run(args.devices)
+        if args.seeds:
+            summary, infeasible = seeds.run(args, log)
+        else:
+            summary, infeasible = Experiment(args, log).run(args.devices)
     except (SettingsError, DatasetError, distributed.DistributedError) as err:
         if several and not getattr(err, "on_every_rank", False):
             distributed.abort(comm, err, 2)  # the other ranks may wait for this one

@@ -38,3 +38,15 @@ def test_no_committed_point_is_faster_than_every_path_it_mixes(folder):
     for path in glob.glob(os.path.join(folder, "sweep_*.csv")):
         with open(path) as f:
             assert "faster-than-its-paths" not in f.read(), path
+
+
+# Folders of python -m experiments.run --seeds K: every seed's folder, then the aggregate.
+SEEDS_FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
+                                                                          "seeds.json")))
+
+
+@pytest.mark.parametrize("folder", SEEDS_FOLDERS, ids=os.path.basename)
+def test_committed_seeds_folder_recomputes_identically(folder, data_dir, capsys):
+    assert main(["--from-results", folder, "--verify-outputs", "100",
+                 "--data-dir", str(data_dir)]) is True, capsys.readouterr().out
+    assert "seeds_accuracy.csv: identical" in capsys.readouterr().out
