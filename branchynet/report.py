@@ -172,3 +172,45 @@ def plot_tradeoff(path_stem, *args, **kwargs):
         with atomic_path(f"{path_stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
     plt.close(fig)
+
+
+def reliability_figure(report, data="held_out", title=""):
+    """Reliability diagrams of a ``branchynet.calibration.calibration_report``: one panel
+    per exit, accuracy against mean confidence per bin, before and after scaling, on the
+    report's set ``data``; each panel names T and the ECE before -> after."""
+    import matplotlib.pyplot as plt
+
+    exits = report["exits"]
+    fig, axes = plt.subplots(1, len(exits), figsize=(3.2 * len(exits), 3.4), squeeze=False)
+    for ax, e in zip(axes[0], exits):
+        part = e[data]
+        ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1)
+        for when, style in (("before", "o--"), ("after", "s-")):
+            r = part[when]["reliability"]
+            keep = np.asarray(r["count"]) > 0
+            confidence = np.asarray(r["confidence"], float)[keep]
+            ax.plot(confidence, np.asarray(r["accuracy"], float)[keep], style,
+                    ms=3, label=f"{when}: ECE {100 * part[when]['ece']:.2f}%")
+        ax.set_title(f"exit {e['exit']}: T = {e['temperature']:.3g}", fontsize=9)
+        ax.set_xlabel("mean confidence in bin")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy in bin")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(path, report, data="held_out", title=""):
+    """``reliability_figure`` written to ``path`` (PNG), atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = reliability_figure(report, data, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

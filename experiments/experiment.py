@@ -38,6 +38,7 @@ from branchynet.timing import (Interleaved, check_point, check_trunks, interval_
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from experiments.compare import first_difference
 from networks import get_network
+from experiments import guarantee
 
 class SettingsError(ValueError):
     """Settings that cannot work with this data or results folder (the runner: exit 2)."""
@@ -652,6 +653,9 @@ class Experiment:
                      f"branchynet.npz); stopping before the exit outputs and the sweep")
             return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
+        guarantee_settings = guarantee.settings_of(self.s)
+        if guarantee_settings and guarantee_settings["calibrate"]:
+            guarantee.compute_logits(self, train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
         results, infeasible = [], []
@@ -665,6 +669,10 @@ class Experiment:
             self._log_other_exits(result)
             self.write_report(result)
             self.plot(result)
+            if guarantee_settings:
+                doc = guarantee.run_stage(self, result["tag"], result["record"], guarantee_settings)
+                if doc and not doc["feasible"]:
+                    infeasible.append(f"[{result['tag']}] {doc['rows'][-1]['note']}")
             results.append(result)
             infeasible += result["infeasible"]
         summary = self.summary(results)
@@ -779,6 +787,9 @@ class Experiment:
                 else:
                     self.log(f"{committed}: identical to what its exit outputs and timing "
                              f"records give")
+        for path in records:  # guarantee_<tag>*.json, calibration.json
+            problems += guarantee.recompute(self, _tag_of(path), read_json(path),
+                                            guarantee.settings_of(self.s))
         return problems
 
     def verify_outputs(self, samples):

@@ -50,6 +50,20 @@ A budget that no T meets is a row marked INFEASIBLE with the reason (the budget,
 fastest runtime or best accuracy achievable); all results are still written, and the
 run then exits with status 1.
 
+--seeds K runs the seeds --seed .. --seed + K - 1 of one setting, each a complete runner
+folder OUT/seed-<s>/, and reports the mean, standard deviation and range over the seeds of
+every Table I column (experiments/seeds.py); all seeds train first, --train-only stops
+there (with the exit outputs and the accuracy aggregate), and --from-results OUT
+re-derives every seed and the aggregate.
+
+Thresholds with a guarantee (--risk-epsilon PP --risk-delta D, with --val-size): with
+probability at least 1 - D over the draw of the validation samples, the accuracy lost on
+new data against running every sample to the last exit is at most PP points
+(Learn-then-Test, fixed-sequence testing, exact binomial p-value); --calibrate fits one
+temperature per exit first. Rows in guarantee_<device>[_calibrated].csv/.json beside the
+same drop without a guarantee; an infeasible PP says how many validation samples it would
+need, and the run exits with status 1 after writing everything (docs/selection.md).
+
 --criterion picks the exit score (lower = more confident; a sample exits when score < T):
 entropy (the paper's, default), max-prob (1 - top softmax probability: exits when the
 top probability > 1 - T) or margin (1 - (top - second probability): exits when the top
@@ -59,6 +73,7 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 """
 import argparse
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -71,6 +86,8 @@ from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
+from experiments import seeds
+from experiments import guarantee
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
@@ -183,6 +200,13 @@ def parse_args(argv=None):
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train and evaluate K seeds (--seed, --seed + 1, ...), each in "
+                        "OUT/seed-<s>/, then time each, and report the mean, standard "
+                        "deviation and range over the seeds of every Table I column "
+                        "(OUT/seeds_<device>.csv/.json/.md) and of the accuracies from the "
+                        "exit outputs alone (OUT/seeds_accuracy.*, also with --train-only); "
+                        "default OUT: the runner's default plus -seeds (experiments/seeds.py)")
     parser.add_argument("--device", action="append",
                         help="Chainer device specifier (@numpy, @cupy:0); repeat for several, "
                         "or 'all' for the CPU and every GPU (default: @numpy)")
@@ -228,6 +252,32 @@ def parse_args(argv=None):
                         help="accuracy floor relative to the baseline: the fastest T whose "
                         "validation accuracy is at most PP percentage points below the "
                         "baseline's validation accuracy (0: match the baseline)")
+    select.add_argument("--risk-epsilon", type=float, metavar="PP",
+                        help="thresholds with a guarantee: with probability at least 1 - "
+                        "--risk-delta over the draw of the validation samples, the accuracy "
+                        "lost on new data against sending every sample to the last exit is at "
+                        "most PP percentage points (Learn-then-Test, fixed-sequence testing "
+                        "over a common threshold at every exit, exact binomial p-value; "
+                        "branchynet/risk.py, docs/selection.md section 5). Rows in "
+                        "guarantee_<device>.csv/.json beside the same drop chosen without a "
+                        "guarantee; runtime predicted, not timed. An infeasible PP says how many "
+                        "validation samples it would need")
+    select.add_argument("--risk-delta", type=float, metavar="D",
+                        help="with --risk-epsilon: the probability, in (0, 1), that the "
+                        "guarantee may fail over the validation draw (default: 0.1)")
+    select.add_argument("--risk-loss", choices=("accuracy", "signed", "disagreement"),
+                        help="with --risk-epsilon: the 0/1 loss bounded: accuracy (the exit "
+                        "taken is wrong where the last exit is right; bounds the accuracy "
+                        "lost; exact binomial p-value), signed (the accuracy lost itself, per "
+                        "sample in {-1, 0, 1}; Hoeffding-Bentkus p-value: better where exits "
+                        "often disagree) or disagreement (it predicts another class than the last exit; "
+                        "needs no labels, more conservative) (default: accuracy)")
+    select.add_argument("--calibrate", action="store_true",
+                        help="per-exit temperature scaling: one T per exit fitted (NLL) on a "
+                        "seeded half of the validation split, scores computed from logits / T; "
+                        "writes calibration.json (T, ECE and NLL before/after per exit) and "
+                        "reliability.png; with --risk-epsilon the guarantee is chosen on "
+                        "calibrated scores over the other half (guarantee_<device>_calibrated.*)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
     parser.add_argument("--timing-samples", type=int,
@@ -273,9 +323,39 @@ def parse_args(argv=None):
     if args.from_results:
         if not os.path.isdir(args.from_results):
             parser.error(f"--from-results {args.from_results!r} is not a folder")
+        check_guarantee_args(parser, args, bool(glob.glob(
+            os.path.join(args.from_results, "exit_outputs_val*.npz"))))
         return args
+    check_guarantee_args(parser, args, bool(args.val_size))
+    seeds.check_count(parser, args)
+    out_given = args.out is not None
     check_args(parser, args)
+    seeds.check_out(parser, args, out_given)
     return args
+
+
+def check_guarantee_args(parser, args, validation):
+    """--calibrate and --risk-*: their values, and a validation split to work on."""
+    if args.risk_epsilon is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("risk_delta", "risk_loss")
+                 if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only with the guaranteed selection, give "
+                         f"--risk-epsilon PP too")
+    else:
+        if not (np.isfinite(args.risk_epsilon) and 0 < args.risk_epsilon < 100):
+            parser.error("--risk-epsilon is the accuracy lost in percentage points, in (0, 100)")
+        args.risk_delta = 0.1 if args.risk_delta is None else args.risk_delta
+        if not (np.isfinite(args.risk_delta) and 0 < args.risk_delta < 1):
+            parser.error("--risk-delta is a probability in (0, 1), e.g. 0.1 or 0.05")
+        args.risk_loss = args.risk_loss or "accuracy"
+    asked = [name for name, on in (("--calibrate", args.calibrate),
+                                   ("--risk-epsilon", args.risk_epsilon is not None)) if on]
+    if asked and not validation:
+        where = (f"{args.from_results} has no validation exit outputs (a folder made with "
+                 f"--val-size)" if args.from_results else "give --val-size too")
+        parser.error(f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} a "
+                     f"validation split: {where}")
 
 
 def check_args(parser, args):
@@ -468,9 +548,17 @@ def _unusable_gpu(device):
 
 def recompute(args, log=print):
     """``--from-results``: re-derive a committed folder; True when everything is identical."""
-    experiment = Experiment.from_results(args.from_results, args.criterion, log)
-    experiment.s.data_dir = args.data_dir
-    problems = experiment.recompute(args.verify_outputs)
+    if seeds.is_seeds_folder(args.from_results):
+        problems = seeds.recompute(args.from_results, args.criterion, args.verify_outputs,
+                                   args.data_dir, log)
+    else:
+        experiment = Experiment.from_results(args.from_results, args.criterion, log)
+        experiment.s.data_dir = args.data_dir
+        for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
+            setattr(experiment.s, name, getattr(args, name))
+        if args.calibrate:
+            guarantee.ensure_logits(experiment)
+        problems = experiment.recompute(args.verify_outputs)
     for problem in problems:
         log(f"error: {problem}")
     return not problems
@@ -488,7 +576,10 @@ def main(argv=None):
         if args.from_results:
             return recompute(args)
         log = print if distributed.is_root(comm) else (lambda *_, **__: None)
-        summary, infeasible = Experiment(args, log).run(args.devices)
+        if args.seeds:
+            summary, infeasible = seeds.run(args, log)
+        else:
+            summary, infeasible = Experiment(args, log).run(args.devices)
     except (SettingsError, DatasetError, distributed.DistributedError) as err:
         if several and not getattr(err, "on_every_rank", False):
             distributed.abort(comm, err, 2)  # the other ranks may wait for this one

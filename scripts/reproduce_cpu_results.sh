@@ -3,7 +3,8 @@
 # sweeps, plots, timing records): one runner command per network, on a 2-core machine, one
 # BLAS thread, timing in 5 interleaved rounds (the runner's default). Resumable: run it
 # again after an interruption; add --remeasure (REMEASURE=1) to time again with the same
-# weights. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper]...
+# weights. Usage:
+#   scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper|lenet-seeds]...
 #   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
 set -eu
 cd "$(dirname "$0")/.."
@@ -32,6 +33,13 @@ for network in ${*:-lenet alexnet resnet}; do
         # The paper's settings on a CPU: batch 512, 50 + 100 epochs, all of MNIST (hours;
         # resumable from the per-epoch snapshots).
         lenet-paper) run --network lenet_mnist --paper --out results/cpu-lenet_mnist-paper ;;
-        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val or lenet-paper)" >&2; exit 2 ;;
+        # Five seeds (0-4) of B-LeNet on all of MNIST at its quick setting (batch 64, 5 + 5
+        # epochs), each in results/cpu-lenet_mnist-seeds/seed-<s>/, and the mean, std and
+        # range over them (seeds_accuracy.*, seeds_cpu.*). TRAIN_ONLY=1 trains all seeds (and
+        # writes seeds_accuracy.*) without timing; run again without it to time them.
+        lenet-seeds) run --network lenet_mnist --dataset mnist --batch-size 64 \
+                         --baseline-epochs 5 --branchy-epochs 5 --seeds 5 ${TRAIN_ONLY:+--train-only} \
+                         --out results/cpu-lenet_mnist-seeds ;;
+        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val, lenet-paper or lenet-seeds)" >&2; exit 2 ;;
     esac
 done

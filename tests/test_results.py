@@ -168,3 +168,15 @@ def test_tampered_validation_outputs_fail_the_verification(val_copy, data_dir, c
     printed = capsys.readouterr().out
     assert "error: baseline (validation): the weights do not reproduce" in printed
     assert "scores differ at sample 3, exit 1" in printed
+
+
+# Folders of python -m experiments.run --seeds K: every seed's folder, then the aggregate.
+SEEDS_FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
+                                                                          "seeds.json")))
+
+
+@pytest.mark.parametrize("folder", SEEDS_FOLDERS, ids=os.path.basename)
+def test_committed_seeds_folder_recomputes_identically(folder, data_dir, capsys):
+    assert main(["--from-results", folder, "--verify-outputs", "100",
+                 "--data-dir", str(data_dir)]) is True, capsys.readouterr().out
+    assert "seeds_accuracy.csv: identical" in capsys.readouterr().out
