@@ -179,7 +179,18 @@ def parse_args(argv=None):
                         "of the run, with a snapshot (mid-epoch too); the run then says so "
                         f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
                         "timing; the same command again continues the training exactly "
-                        "where it stopped (a budget may be given again)")
+                        "where it stopped (a budget may be given again). With "
+                        "--communicator rank 0's clock decides for every rank: all stop at "
+                        "the same iteration, rank 0 writes the one snapshot")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+                        help="learning curve: after every N-th epoch (and a stage's last) "
+                        "evaluate every exit on the test set, in inference mode (no effect on "
+                        "the training), into the log as test/main/accuracy/exitK; "
+                        "learning_curve.png is drawn whenever training stops; 0: no test "
+                        "evaluation (default: %(default)s)")
+    parser.add_argument("--eval-limit", type=int, default=0, metavar="N",
+                        help="evaluate the learning curve on the first N test samples only "
+                        "(0: every test sample of the run; default: %(default)s)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -360,10 +371,11 @@ def check_args(parser, args):
     except ValueError as err:
         parser.error(str(err))
     args.lr = args.recipe_obj.lr
+    if args.eval_every < 0 or args.eval_limit < 0:
+        parser.error("--eval-every and --eval-limit must be >= 0 (0: no evaluation, all "
+                     "test samples)")
     if args.time_budget is not None:
-        if args.communicator:
-            parser.error("--time-budget does not work with --communicator yet (each rank "
-                         "would stop at its own iteration); leave one of them out")
+        # With --communicator every rank sets a deadline; rank 0's alone is read.
         if not (np.isfinite(args.time_budget) and args.time_budget > 0):
             parser.error("--time-budget must be a positive number of minutes")
         args.deadline = _clock() + 60 * args.time_budget
