@@ -87,17 +87,22 @@ def plot_learning_curve(folder, path=None):
     name = config.get("network", os.path.basename(os.path.normpath(folder)))
     what = config.get("data_name", config.get("dataset", ""))
     test = config.get("learning_curve", {}).get("test_samples")
-    ax.set_title(f"{name} {what}: accuracy per epoch\n" + (
-        f"dashed: training (running mean over the epoch, training mode); solid: "
-        f"{test or 'the'} test samples after the epoch" if has_test else
-        "training accuracy only (running mean over the epoch): these logs have no test "
-        "accuracy"), fontsize=9)
+    ax.set_title(f"{name} {what}: accuracy per epoch\n{subtitle(has_test, test)}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def subtitle(has_test, test_samples):
+    """What the lines are (the title's second line)."""
+    if not has_test:
+        return ("training accuracy only (running mean over each epoch): these logs have no "
+                "test accuracy")
+    return (f"dashed: training (running mean over the epoch, training mode); solid: "
+            f"{test_samples or 'the'} test samples after the epoch (inference mode)")
 
 
 def table(folder):

@@ -159,7 +159,8 @@ def parse_args(argv=None):
                         "5e-4, 1 warm-up epoch then a cosine schedule, random "
                         "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
                         "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
-                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
+                        "256, rate 0.2, 20 + 4 epochs; B-AlexNet: full CIFAR-10, batch 128, "
+                        "rate 0.02, 30 + 10 epochs; networks/*.py)")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
     recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
