@@ -70,12 +70,16 @@ def plot_learning_curve(folder, path=None):
     colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(exits)}
     has_test = any(c["split"] == "test" for c in found)
     fig, ax = plt.subplots(figsize=(9.5, 5))
+    first = {(c["stage"], c["exit"]): c["epochs"][0] for c in found if c["split"] == "train"}
     for c in found:
         stage = "baseline" if c["stage"] == "baseline" else "B-net"
+        since = c["epochs"][0]
+        late = c["split"] == "test" and since > first.get((c["stage"], c["exit"]), since)
         ax.plot(c["epochs"], c["accuracy"], color=colours[c["exit"]],
                 linestyle="-" if c["split"] == "test" else "--",
-                marker="o" if c["stage"] == "baseline" else ".", markersize=3,
-                label=f"{stage} {c['exit']} {c['split']}")
+                marker="o" if c["stage"] == "baseline" else ".", markersize=4,
+                label=f"{stage} {c['exit']} {c['split']}"
+                + (f" (from epoch {since})" if late else ""))
     if any(c["stage"] == "branchynet" for c in found):
         ax.axvline(offset + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(offset + 0.5, ax.get_ylim()[1], " joint training", color="grey",
@@ -99,9 +103,9 @@ def plot_learning_curve(folder, path=None):
 def subtitle(has_test, test_samples):
     """What the lines are (the title's second line)."""
     if not has_test:
-        return ("training accuracy only (running mean over each epoch): these logs have no "
+        return ("training accuracy only (running mean over each epoch):\nthese logs have no "
                 "test accuracy")
-    return (f"dashed: training (running mean over the epoch, training mode); solid: "
+    return (f"dashed: training (running mean over the epoch, training mode)\nsolid: "
             f"{test_samples or 'the'} test samples after the epoch (inference mode)")
 
 
