@@ -20,7 +20,6 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import branchynet  # noqa: F401,E402  (compatibility fixes before chainer)
-import numpy as np  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
 from benchmarks.training_throughput import TrainingStep  # noqa: E402

@@ -25,7 +25,6 @@ held-out evaluations; measure one rate's first epoch (the table's seconds) to ex
 """
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys

@@ -14,8 +14,7 @@ import pytest
 from chainer import serializers
 
 from branchynet.net import Branch, BranchyNet, JointLoss
-from branchynet.training import (CurveEvaluator, Recipe, TimeBudgetExhausted, train,
-                                 train_or_load)
+from branchynet.training import CurveEvaluator, Recipe, TimeBudgetExhausted, train
 from experiments import learning_curve
 from experiments.experiment import training_record
 
