@@ -174,7 +174,8 @@ class Experiment:
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
-                  "devices": [str(d) for d in s.devices]}
+                  "devices": [str(d) for d in s.devices],
+                  "learning_curve": self._curve_record()}
         if data.val_y is not None:
             config["validation"] = {
                 "samples": len(data.val_y), "seed": s.seed,
@@ -189,6 +190,13 @@ class Experiment:
                             "accuracy_floor_percent": s.accuracy_floor,
                             "accuracy_drop_pp": s.accuracy_drop}}
         return config
+
+    def _curve_record(self):
+        """What config.json says of the learning-curve evaluation (not a training key: it
+        does not change the training)."""
+        test = self.curve_test_set()
+        return {"eval_every": getattr(self.s, "eval_every", 0),
+                "test_samples": 0 if test is None else len(test[1])}
 
     def check_folder(self):
         """Refuse to mix settings: a results folder holds the run of one training setting."""
@@ -228,12 +236,38 @@ class Experiment:
         self.branchy = BranchyNet(self.spec.build())
 
     def train(self, device):
-        """Train the baseline, then the B-net from it (each skipped when its npz exists)."""
-        self.build_networks()
-        self._train_one("baseline", self.baseline, device)
-        if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
-            self.branchy.init_from_baseline(self.baseline)
-        self._train_one("branchynet", self.branchy, device)
+        """Train the baseline, then the B-net from it (each skipped when its npz exists);
+        whenever training stops (finished, budget, error), rank 0 redraws the learning curve."""
+        try:
+            self.build_networks()
+            self._train_one("baseline", self.baseline, device)
+            if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
+                self.branchy.init_from_baseline(self.baseline)
+            self._train_one("branchynet", self.branchy, device)
+        finally:
+            if distributed.is_root(self.comm):
+                self.draw_learning_curve()
+
+    def draw_learning_curve(self):
+        """``learning_curve.png`` from the training logs (``experiments.learning_curve``);
+        a failure to draw is reported, never raised over the training's own outcome."""
+        from experiments.learning_curve import plot_learning_curve
+        try:
+            path = plot_learning_curve(self.out)
+        except Exception as err:  # e.g. a log being written by another process
+            self.log(f"warning: no learning curve drawn: {type(err).__name__}: {err}")
+            return
+        if path:
+            self.log(f"learning curve: {path}")
+
+    def curve_test_set(self):
+        """The test samples evaluated after every ``--eval-every`` epochs (the first
+        ``--eval-limit``), or None (no evaluation, or a rank without the data)."""
+        every = getattr(self.s, "eval_every", 0)
+        if not every or self.data is None:
+            return None
+        limit = getattr(self.s, "eval_limit", 0) or len(self.data.test_y)
+        return self.data.test_x[:limit], self.data.test_y[:limit]
 
     def recipe(self):
         """The training recipe: the runner's (``recipe_obj``), else the paper's at ``lr``."""
@@ -252,7 +286,8 @@ class Experiment:
                       recipe=self.recipe(), stage=name,
                       deadline=getattr(s, "deadline", None),
                       clock=getattr(s, "clock", time.monotonic),
-                      progress=not s.no_progress, comm=self.comm)
+                      progress=not s.no_progress, comm=self.comm,
+                      test=self.curve_test_set(), eval_every=getattr(s, "eval_every", 0) or 1)
 
     def weights_key(self):
         return {name: file_sha256(self.path(f"{name}.npz")) for name in ("baseline", "branchynet")}
@@ -1021,8 +1056,11 @@ def training_record(log_path, n_train):
     log = read_json(log_path)
     if not log:
         return None
-    elapsed = [entry["elapsed_time"] for entry in log]
-    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference.
+    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference,
+    # less the learning-curve evaluation after it (test/seconds), which is no training.
+    evaluation = np.cumsum([entry.get("test/seconds", 0.0) for entry in log])
+    elapsed = [entry["elapsed_time"] - done for entry, done in zip(log, evaluation)]
     epoch_seconds = np.diff([0.0] + elapsed).tolist()
     return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
-            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
+            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1],
+            "evaluation_seconds": float(evaluation[-1])}

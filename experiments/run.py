@@ -176,7 +176,8 @@ def parse_args(argv=None):
                         "5e-4, 1 warm-up epoch then a cosine schedule, random "
                         "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
                         "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
-                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
+                        "256, rate 0.2, 20 + 4 epochs; B-AlexNet: full CIFAR-10, batch 128, "
+                        "rate 0.02, 30 + 10 epochs; networks/*.py)")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
     recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
@@ -196,7 +197,18 @@ def parse_args(argv=None):
                         "of the run, with a snapshot (mid-epoch too); the run then says so "
                         f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
                         "timing; the same command again continues the training exactly "
-                        "where it stopped (a budget may be given again)")
+                        "where it stopped (a budget may be given again). With "
+                        "--communicator rank 0's clock decides for every rank: all stop at "
+                        "the same iteration, rank 0 writes the one snapshot")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+                        help="learning curve: after every N-th epoch (and a stage's last) "
+                        "evaluate every exit on the test set, in inference mode (no effect on "
+                        "the training), into the log as test/main/accuracy/exitK; "
+                        "learning_curve.png is drawn whenever training stops; 0: no test "
+                        "evaluation (default: %(default)s)")
+    parser.add_argument("--eval-limit", type=int, default=0, metavar="N",
+                        help="evaluate the learning curve on the first N test samples only "
+                        "(0: every test sample of the run; default: %(default)s)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -392,10 +404,11 @@ def check_args(parser, args):
     except ValueError as err:
         parser.error(str(err))
     args.lr = args.recipe_obj.lr
+    if args.eval_every < 0 or args.eval_limit < 0:
+        parser.error("--eval-every and --eval-limit must be >= 0 (0: no evaluation, all "
+                     "test samples)")
     if args.time_budget is not None:
-        if args.communicator:
-            parser.error("--time-budget does not work with --communicator yet (each rank "
-                         "would stop at its own iteration); leave one of them out")
+        # With --communicator every rank sets a deadline; rank 0's alone is read.
         if not (np.isfinite(args.time_budget) and args.time_budget > 0):
             parser.error("--time-budget must be a positive number of minutes")
         args.deadline = _clock() + 60 * args.time_budget
