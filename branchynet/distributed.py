@@ -171,10 +171,16 @@ def write_record(out, comm, batch_size):
 
 
 def _snapshots(out):
+    """The snapshots in ``out``, oldest first: ``snapshot_epoch_E`` (the end of epoch E)
+    before ``snapshot_epoch_E_iter_I`` (a time-budget stop during epoch E + 1)."""
     if not os.path.isdir(out):
         return []
     names = [n for n in os.listdir(out) if n.startswith("snapshot_epoch_")]
-    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
+
+    def order(name):
+        epoch, _, iteration = name[len("snapshot_epoch_"):].partition("_iter_")
+        return int(epoch), int(iteration or -1)
+    return sorted(names, key=order)
 
 
 def load_latest_snapshot(trainer, out, comm):

@@ -109,19 +109,24 @@ class BranchyNet(chainer.Chain):
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             return [chainer.as_array(y) for y in self.forward(x)]
 
-    def predict(self, x, thresholds=(), criterion="entropy"):
+    def predict(self, x, thresholds=(), criterion="entropy", temperatures=None):
         """Early-exit inference on a batch; returns ``(labels, exits)`` arrays on the device.
 
         ``thresholds`` holds one threshold per exit but the last; a sample leaves at the
         first exit whose score is strictly below its threshold. The score is the entropy
         of the exit's softmax by default; ``criterion`` picks another from
         ``branchynet.routing.CRITERIA`` (``'max-prob'``, ``'margin'``). Only the samples
-        still undecided run the next trunk segment.
+        still undecided run the next trunk segment. ``temperatures`` (one per exit, > 0)
+        scores each exit's ``logits / T_n`` (``branchynet.calibration``).
         """
         thresholds = check_thresholds(thresholds, self.n_exits)
         get_criterion(criterion)  # an unknown name fails before any work
+        if temperatures is not None and (len(temperatures) != self.n_exits
+                                         or not all(t > 0 for t in temperatures)):
+            raise ValueError(f"give one temperature > 0 per exit ({self.n_exits}), got "
+                             f"{temperatures!r}")
         with chainer.using_config("train", False), chainer.no_backprop_mode():
-            return early_exit(self, x, thresholds, criterion)
+            return early_exit(self, x, thresholds, criterion, temperatures)
 
     def init_from_baseline(self, baseline):
         """Copy the trunk and final classifier from a trained baseline (``main_only``) net.

@@ -122,13 +122,15 @@ def write_csv(path, rows, columns=None):
 
 def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, frontier_accuracy,
                     baseline, knee, labels=("B-net", "baseline"), marks=(), ax=None,
-                    frontier_err=None, baseline_err=None):
+                    frontier_err=None, baseline_err=None, predicted_frontier=None):
     """Draw a Fig. 3-style plot: grid points, frontier line, baseline diamond, knee star.
 
     ``baseline`` and ``knee`` are ``(runtime_ms, accuracy_percent)``; ``marks`` are more
     ``(label, runtime_ms, accuracy_percent)`` points (e.g. thresholds chosen on
     validation). ``frontier_err`` and ``baseline_err`` are ``(below, above)`` runtime
-    spreads (ms) drawn as horizontal error bars. Draws on ``ax`` (a new figure if None) and
+    spreads (ms) drawn as horizontal error bars. ``predicted_frontier`` is ``(runtimes,
+    accuracies)`` of the whole frontier as predicted from the exit paths (a dashed line;
+    the measured points are those timed). Draws on ``ax`` (a new figure if None) and
     returns the figure.
     """
     import matplotlib.pyplot as plt
@@ -136,9 +138,13 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.scatter(grid_runtime, grid_accuracy, s=8, color="0.75", label="grid (predicted)", zorder=1)
+    if predicted_frontier is not None:
+        ax.plot(*predicted_frontier, "--", lw=1, color="C0", alpha=0.6,
+                label=f"{labels[0]} frontier (predicted)", zorder=1.5)
     ax.errorbar(frontier_runtime, frontier_accuracy,
-                xerr=None if frontier_err is None else np.transpose(frontier_err), fmt="-o",
-                ms=3, color="C0", capsize=2, label=f"{labels[0]} frontier (measured)", zorder=2)
+                xerr=None if frontier_err is None else np.transpose(frontier_err),
+                fmt="-o" if predicted_frontier is None else "o", ms=3, color="C0", capsize=2,
+                label=f"{labels[0]} frontier (measured)", zorder=2)
     ax.errorbar(*baseline, xerr=None if baseline_err is None else [[baseline_err[0]], [baseline_err[1]]],
                 fmt="D", ms=8, color="C3", capsize=2, label=labels[1], zorder=3)
     ax.plot(*knee, "*", ms=14, color="C1", zorder=4,
@@ -150,7 +156,7 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     ax.set_ylabel("Accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.figure.tight_layout()
     return ax.figure
 
@@ -165,4 +171,46 @@ def plot_tradeoff(path_stem, *args, **kwargs):
     for ext in ("png", "pdf"):
         with atomic_path(f"{path_stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)
+
+
+def reliability_figure(report, data="held_out", title=""):
+    """Reliability diagrams of a ``branchynet.calibration.calibration_report``: one panel
+    per exit, accuracy against mean confidence per bin, before and after scaling, on the
+    report's set ``data``; each panel names T and the ECE before -> after."""
+    import matplotlib.pyplot as plt
+
+    exits = report["exits"]
+    fig, axes = plt.subplots(1, len(exits), figsize=(3.2 * len(exits), 3.4), squeeze=False)
+    for ax, e in zip(axes[0], exits):
+        part = e[data]
+        ax.plot([0, 1], [0, 1], ":", color="0.5", lw=1)
+        for when, style in (("before", "o--"), ("after", "s-")):
+            r = part[when]["reliability"]
+            keep = np.asarray(r["count"]) > 0
+            confidence = np.asarray(r["confidence"], float)[keep]
+            ax.plot(confidence, np.asarray(r["accuracy"], float)[keep], style,
+                    ms=3, label=f"{when}: ECE {100 * part[when]['ece']:.2f}%")
+        ax.set_title(f"exit {e['exit']}: T = {e['temperature']:.3g}", fontsize=9)
+        ax.set_xlabel("mean confidence in bin")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy in bin")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(path, report, data="held_out", title=""):
+    """``reliability_figure`` written to ``path`` (PNG), atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = reliability_figure(report, data, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -105,6 +105,14 @@ def check_thresholds(thresholds, n_exits):
 SINGLE_SAMPLE_FAST_PATH = True
 
 
+def _scaled(score, temperatures):
+    """``score(logits, n)``: the criterion of exit n's logits, divided by ``temperatures[n]``
+    when given (per-exit temperature scaling, ``branchynet.calibration``)."""
+    if temperatures is None:
+        return lambda logits, n: score(logits)
+    return lambda logits, n: score(logits / logits.dtype.type(temperatures[n]))
+
+
 def _early_exit_single(net, x, thresholds, score):
     """``early_exit`` for one sample: the same comparisons, no regrouping of samples."""
     xp = backend.get_array_module(x)
@@ -114,19 +122,20 @@ def _early_exit_single(net, x, thresholds, score):
         h = net.run_trunk(h, n)
         logits = chainer.as_array(head(h))
         # The array comparison, as in the batched loop (same dtype rules on NumPy 1 and 2).
-        if n == last or (score(logits) < thresholds[n])[0]:
+        if n == last or (score(logits, n) < thresholds[n])[0]:
             return logits.argmax(axis=1).astype(xp.int32), xp.full(1, n, xp.int32)
 
 
-def early_exit(net, x, thresholds, criterion="entropy"):
+def early_exit(net, x, thresholds, criterion="entropy", temperatures=None):
     """Route a batch through ``net`` exit by exit; return ``(labels, exits)`` on x's device.
 
     At each exit but the last, samples whose score is below the threshold take that exit's
     prediction and leave; only the rest run the next trunk segment. The caller sets
     inference mode (see ``BranchyNet.predict``). ``exits`` holds 0-based exit indices.
-    ``criterion`` names the exit score (a key of ``CRITERIA``; default: entropy).
+    ``criterion`` names the exit score (a key of ``CRITERIA``; default: entropy);
+    ``temperatures`` (one per exit) scores ``logits / T_n`` instead of the logits.
     """
-    score = get_criterion(criterion)
+    score = _scaled(get_criterion(criterion), temperatures)
     if SINGLE_SAMPLE_FAST_PATH and len(x) == 1:
         return _early_exit_single(net, x, thresholds, score)
     xp = backend.get_array_module(x)
@@ -148,7 +157,7 @@ def early_exit(net, x, thresholds, criterion="entropy"):
         # Indices of the samples that stay (not strictly below the threshold). Its length
         # is the one value per exit that the host reads back (it sizes the next batch);
         # regrouping by these indices happens on the device.
-        stay = xp.flatnonzero(~(score(logits) < thresholds[n]))
+        stay = xp.flatnonzero(~(score(logits, n) < thresholds[n]))
         if len(stay) == 0:
             break
         if len(stay) < len(remaining):

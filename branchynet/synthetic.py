@@ -11,7 +11,9 @@ so a many-exit case can be simulated without a trained network. The model:
 * the strengths g_n are calibrated (bisection) so that exit n, taken alone, has accuracy
   ``accuracies[n]`` (rising with depth, as in a real B-net);
 * scores come from the real criterion functions (``branchynet.routing.CRITERIA``) applied
-  to these logits, predictions are their argmax.
+  to these logits, predictions are their argmax;
+* ``logit_scales`` multiplies exit n's logits after the strengths are calibrated: the same
+  predictions with over- (> 1) or under-confident (< 1) scores, a badly calibrated exit.
 
 Samples of a second call with another seed come from the same distribution (the g_n are
 calibrated on a fixed draw), so one call gives "validation" outputs and another "test".
@@ -57,8 +59,10 @@ def _calibrate(target, y, easiness, noise_n, classes):
 
 
 def synthetic_exit_outputs(samples, n_exits, seed=0, criterion="entropy", accuracies=None,
-                           classes=10, rho=0.5, sigma=6.0):
-    """``ExitOutputs`` of ``samples`` synthetic samples at ``n_exits`` exits (see module)."""
+                           classes=10, rho=0.5, sigma=6.0, logit_scales=None,
+                           return_logits=False):
+    """``ExitOutputs`` of ``samples`` synthetic samples at ``n_exits`` exits (see module);
+    with ``return_logits``, also the logits, shape (samples, exits, classes)."""
     accuracies = default_accuracies(n_exits) if accuracies is None else tuple(accuracies)
     if len(accuracies) != n_exits:
         raise ValueError(f"{len(accuracies)} accuracies given for {n_exits} exits")
@@ -68,7 +72,10 @@ def synthetic_exit_outputs(samples, n_exits, seed=0, criterion="entropy", accura
     strengths = [_calibrate(a, cal[0], cal[1], cal[2][n], classes)
                  for n, a in enumerate(accuracies)]
     y, easiness, noise = _draw(np.random.RandomState(seed), samples, n_exits, classes, rho, sigma)
-    logits = [_logits(g, y, easiness, noise[n], classes) for n, g in enumerate(strengths)]
-    return ExitOutputs(np.stack([score(z) for z in logits], axis=1),
-                       np.stack([z.argmax(axis=1) for z in logits], axis=1).astype(np.int32),
-                       y, criterion)
+    scales = np.asarray(np.ones(n_exits) if logit_scales is None else logit_scales, np.float32)
+    logits = [_logits(g, y, easiness, noise[n], classes) * scales[n]
+              for n, g in enumerate(strengths)]
+    outputs = ExitOutputs(np.stack([score(z) for z in logits], axis=1),
+                          np.stack([z.argmax(axis=1) for z in logits], axis=1).astype(np.int32),
+                          y, criterion)
+    return (outputs, np.stack(logits, axis=1)) if return_logits else outputs

@@ -124,9 +124,13 @@ class Interleaved:
     ``interval_coverage(rounds)`` (93.8% for 5 rounds, 98.4% for 7).
     """
 
-    def __init__(self, rounds_ms, samples, load=None, seconds=None, blas=None):
+    def __init__(self, rounds_ms, samples, load=None, seconds=None, blocks_ms=None, blas=None):
         self.rounds_ms = {k: np.asarray(v, np.float64) for k, v in rounds_ms.items()}
         self.samples, self.load, self.seconds = samples, load or {}, seconds
+        # Per-block means (rounds x blocks) of each variant, for the paired checks; None in
+        # records written before they were kept.
+        self.blocks_ms = None if blocks_ms is None else {
+            k: np.asarray(v, np.float64) for k, v in blocks_ms.items()}
         self.blas = blas  # the BLAS libraries and thread counts the rounds ran with
 
     @property
@@ -144,9 +148,11 @@ class Interleaved:
         """Median, quartiles, minimum and maximum (ms) over the rounds."""
         return {f"{k}_ms": v for k, v in spread(self.rounds_ms[name]).items()}
 
-    def combine(self, weights):
-        """Per-round ms of a weighted sum of variants, e.g. a prediction from exit paths."""
-        return sum(w * self.rounds_ms[name] for name, w in weights.items())
+    def combine(self, weights, blocks=False):
+        """Per-round ms of a weighted sum of variants, e.g. a prediction from exit paths
+        (``blocks``: per-block ms, rounds x blocks)."""
+        values = self.blocks_ms if blocks else self.rounds_ms
+        return sum(w * values[name] for name, w in weights.items())
 
     def ratio(self, numerator, denominator):
         """Per-round ``numerator / denominator``: median and [min, max] interval; a ratio
@@ -157,14 +163,19 @@ class Interleaved:
         return ratio_summary(a / b)
 
     def to_json(self):
-        return {"rounds": self.rounds, "samples": self.samples, "load": self.load,
-                "interval_coverage": interval_coverage(self.rounds),
-                "rounds_ms": {k: v.tolist() for k, v in self.rounds_ms.items()},
-                **({"blas": self.blas} if self.blas is not None else {})}
+        doc = {"rounds": self.rounds, "samples": self.samples, "load": self.load,
+               "interval_coverage": interval_coverage(self.rounds),
+               "rounds_ms": {k: v.tolist() for k, v in self.rounds_ms.items()}}
+        if self.blocks_ms is not None:
+            doc["blocks_ms"] = {k: np.round(v, 6).tolist() for k, v in self.blocks_ms.items()}
+        if self.blas is not None:
+            doc["blas"] = self.blas
+        return doc
 
     @classmethod
     def from_json(cls, doc):
-        return cls(doc["rounds_ms"], doc["samples"], doc.get("load"), blas=doc.get("blas"))
+        return cls(doc["rounds_ms"], doc["samples"], doc.get("load"),
+                   blocks_ms=doc.get("blocks_ms"), blas=doc.get("blas"))
 
 
 def spread(values):
@@ -232,8 +243,10 @@ def interleave(variants, n_samples, rounds=5, block=10, warmup=2, progress=False
             for i in range(start, min(start + block, n_samples)):
                 out[i] = run(i)
     load = {"before": load_before, "after": loadavg()}
+    blocks_ms = {k: np.stack([1e3 * v[:, s:s + block].mean(axis=1) for s in starts], axis=1)
+                 for k, v in seconds.items()}
     return Interleaved({k: 1e3 * v.mean(axis=1) for k, v in seconds.items()}, n_samples,
-                       load, seconds, blas_info())
+                       load, seconds, blocks_ms, blas_info())
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,6 +307,37 @@ PREDICTION_TOLERANCE = 0.05
 BOUND_TOLERANCE = 0.02
 
 
+# Where per-block means are kept, a difference is flagged only if it also exceeds this many
+# standard errors of the paired per-block differences. The forced exit paths do exactly the
+# work of a sample leaving there (the scores and decisions at every exit before it, and at
+# it unless it is the last), so a point differs from its prediction only by timer noise;
+# that noise is shared by every point compared with the same path, and a fixed tolerance
+# flagged whole families of points whenever the path's own rounds were lucky. 4 standard
+# errors keeps the chance of a false flag below 1e-4 per check (about 1% over 25 points).
+SIGNIFICANCE_Z = 4.0
+
+
+def paired_z(timings, measured, reference):
+    """``(mean difference / its standard error)`` of two variants' per-block ms, paired
+    block by block over all rounds (``measured``/``reference``: names or per-block
+    arrays); None where the record keeps no per-block means or has under 2 blocks."""
+    if timings.blocks_ms is None:
+        return None
+    a = timings.blocks_ms[measured] if isinstance(measured, str) else np.asarray(measured)
+    b = timings.blocks_ms[reference] if isinstance(reference, str) else np.asarray(reference)
+    d = (a - b).ravel()
+    if len(d) < 2:
+        return None
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return float(np.sign(d.mean()) * np.inf) if se == 0 else float(d.mean() / se)
+
+
+def _significant(z, sign):
+    """True where there is no per-block test (older records: the interval alone decides)
+    or the paired difference lies beyond ``SIGNIFICANCE_Z`` in the direction ``sign``."""
+    return z is None or sign * z > SIGNIFICANCE_Z
+
+
 def check_point(timings, name, exit_fractions):
     """Self-consistency of the measured point ``name`` whose samples left at each exit in
     ``exit_fractions``; returns ``(checks, flags)``.
@@ -301,23 +345,37 @@ def check_point(timings, name, exit_fractions):
     Checks, each round by round (paired): measured / predicted from the exit paths
     (``off-prediction`` when the interval lies beyond ``PREDICTION_TOLERANCE``); measured
     against the fastest and slowest exit path it mixes (``faster-than-its-paths`` /
-    ``slower-than-its-paths`` beyond ``BOUND_TOLERANCE``).
+    ``slower-than-its-paths`` beyond ``BOUND_TOLERANCE``). Where the record keeps per-block
+    means, a flag also needs the paired per-block difference to be significant
+    (``SIGNIFICANCE_Z``; its z is in the checks).
     """
     fractions = np.asarray(exit_fractions, np.float64)
     used = [path_name(n) for n in np.flatnonzero(fractions > 0)]
-    predicted = timings.combine({path_name(n): f for n, f in enumerate(fractions)})
+    weights = {path_name(n): f for n, f in enumerate(fractions)}
+    predicted = timings.combine(weights)
     measured = timings.rounds_ms[name]
     paths = np.stack([timings.rounds_ms[p] for p in used])
     checks = {"vs_prediction": ratio_summary(measured / predicted),
               "vs_fastest_path": ratio_summary(measured / paths.min(axis=0)),
               "vs_slowest_path": ratio_summary(measured / paths.max(axis=0))}
+    z = {"vs_prediction": None, "vs_fastest_path": None, "vs_slowest_path": None}
+    if timings.blocks_ms is not None:
+        blocks = np.stack([timings.blocks_ms[p] for p in used])
+        z = {"vs_prediction": paired_z(timings, name, timings.combine(weights, blocks=True)),
+             "vs_fastest_path": paired_z(timings, name, blocks.min(axis=0)),
+             "vs_slowest_path": paired_z(timings, name, blocks.max(axis=0))}
+        for key, value in z.items():
+            checks[key]["z"] = value
     flags = []
     pred = checks["vs_prediction"]
-    if pred["low"] > 1 + PREDICTION_TOLERANCE or pred["high"] < 1 - PREDICTION_TOLERANCE:
+    if ((pred["low"] > 1 + PREDICTION_TOLERANCE and _significant(z["vs_prediction"], 1))
+            or (pred["high"] < 1 - PREDICTION_TOLERANCE and _significant(z["vs_prediction"], -1))):
         flags.append("off-prediction")
-    if checks["vs_fastest_path"]["high"] < 1 - BOUND_TOLERANCE:
+    if (checks["vs_fastest_path"]["high"] < 1 - BOUND_TOLERANCE
+            and _significant(z["vs_fastest_path"], -1)):
         flags.append("faster-than-its-paths")
-    if checks["vs_slowest_path"]["low"] > 1 + BOUND_TOLERANCE:
+    if (checks["vs_slowest_path"]["low"] > 1 + BOUND_TOLERANCE
+            and _significant(z["vs_slowest_path"], 1)):
         flags.append("slower-than-its-paths")
     return checks, flags
 
@@ -327,7 +385,8 @@ def check_trunks(timings, n_exits):
     baseline; returns a list of flags like ``exit2: trunk-slower-than-end-to-end``."""
     flags = []
     for name in ["baseline"] + [path_name(n) for n in range(n_exits)]:
-        if timings.ratio(name + "_trunk", name)["low"] > 1 + BOUND_TOLERANCE:
+        if (timings.ratio(name + "_trunk", name)["low"] > 1 + BOUND_TOLERANCE
+                and _significant(paired_z(timings, name + "_trunk", name), 1)):
             flags.append(f"{name}: trunk-slower-than-end-to-end")
     return flags
 

@@ -6,7 +6,15 @@ finished epoch. With a wall-clock budget (``time_budget_s`` / ``deadline``) trai
 cleanly mid-epoch with a snapshot of everything the next iterations depend on (weights,
 optimizer state, iterator position and order, the shuffling and NumPy random states), so
 a second run continues exactly where the first stopped; ``train`` then raises
-``TimeBudgetExhausted``. ``save_weights``/``load_weights`` store the trained network as npz.
+``TimeBudgetExhausted``. With a ChainerMN communicator the budget is collective: rank 0's
+clock decides and every rank stops at the same iteration. ``save_weights``/``load_weights``
+store the trained network as npz.
+
+Learning curves: given test data, Chainer's ``Evaluator`` runs every exit over it after
+every ``eval_every`` epochs in inference mode (dropout off, BatchNorm's running averages,
+nothing updated, no random numbers drawn, so the training is the same with or without it)
+and the log gets ``test/main/accuracy/exitK`` beside the training-mode
+``main/accuracy/exitK``, and ``test/seconds`` (the evaluation's own time).
 
 A ``Recipe`` says how to train: the optimizer, learning rate, momentum, weight decay,
 learning-rate schedule and data augmentation. ``PAPER_RECIPE`` is the authors' (Adam,
@@ -233,22 +241,74 @@ class _RandomStates(training.Extension):
 
 class _StopTrigger(triggers.IntervalTrigger):
     """Stops after ``epochs`` epochs, or at the first iteration boundary past ``deadline``
-    (a value of ``clock``, ``time.monotonic`` by default)."""
+    (a value of ``clock``, ``time.monotonic`` by default).
 
-    def __init__(self, epochs, deadline=None, clock=time.monotonic):
+    With a communicator ``comm`` the budget is collective: before every iteration rank 0
+    compares its own clock with its own ``deadline`` and broadcasts the decision (one
+    small ``bcast_obj``), so every rank stops at the same iteration; the other ranks'
+    ``deadline`` and ``clock`` are not read.
+    """
+
+    def __init__(self, epochs, deadline=None, clock=time.monotonic, comm=None):
         super().__init__(epochs, "epoch")
-        self.deadline, self.clock, self.budget_hit = deadline, clock, False
+        self.deadline, self.clock, self.comm, self.budget_hit = deadline, clock, comm, False
         self.start_iteration = None  # after any snapshot was loaded
 
     def __call__(self, trainer):
+        from branchynet import distributed
         if self.start_iteration is None:
             self.start_iteration = trainer.updater.iteration
-        if super().__call__(trainer):
+        if super().__call__(trainer):  # the same iteration on every rank
             return True
-        if self.deadline is not None and self.clock() >= self.deadline:
-            self.budget_hit = True
-            return True
-        return False
+        if self.comm is not None:
+            self.budget_hit = distributed.agree(
+                self.comm, self.comm.rank == 0 and self.clock() >= self.deadline)
+        elif self.deadline is not None:
+            self.budget_hit = self.clock() >= self.deadline
+        return self.budget_hit
+
+
+class CurveEvaluator(extensions.Evaluator):
+    """Chainer's ``Evaluator`` over a test set, for learning curves.
+
+    Runs in inference mode (``Evaluator`` sets ``train`` False: dropout off, BatchNorm
+    normalises with its running averages and does not update them) over a non-shuffling,
+    non-repeating iterator, so it draws no random numbers and changes nothing the training
+    depends on. Means are weighted by batch size (exact over the whole set, a short last
+    batch included), and ``test/seconds`` reports the evaluation's own time. It stores
+    nothing in snapshots: a snapshot made without it loads with it, and vice versa.
+    """
+    default_name = "test"
+
+    def __init__(self, x, y, target, device, batch_size=500):
+        iterator = iterators.SerialIterator(TupleDataset(x, y), min(batch_size, len(x)),
+                                            repeat=False, shuffle=False)
+        super().__init__(iterator, target, device=device)
+
+    def evaluate(self):
+        start = time.perf_counter()
+        iterator = self.get_iterator("main")
+        iterator.reset()
+        summary = chainer.DictSummary()
+        for batch in iterator:
+            observation = {}
+            with chainer.reporter.report_scope(observation):
+                x, t = concat_examples(batch, self.device)
+                with chainer.no_backprop_mode():
+                    self.get_target("main")(x, t)
+            summary.add({key: (value, len(batch)) for key, value in observation.items()})
+        result = summary.compute_mean()
+        result[f"{self.name or self.default_name}/seconds"] = time.perf_counter() - start
+        return result
+
+
+def evaluation_trigger(every, epochs):
+    """After every ``every``-th epoch and after the stage's last one (a stateless
+    trigger: nothing of it goes into snapshots)."""
+    def trigger(trainer):
+        updater = trainer.updater
+        return updater.is_new_epoch and (updater.epoch % every == 0 or updater.epoch >= epochs)
+    return trigger
 
 
 SNAPSHOT = "snapshot_epoch_{.updater.epoch}"
@@ -264,7 +324,7 @@ def make_optimizer(recipe, lr=None):
 
 def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=None,
           progress=True, log_name="log", recipe=None, stage="baseline", time_budget_s=None,
-          deadline=None, clock=time.monotonic, comm=None):
+          deadline=None, clock=time.monotonic, comm=None, test=None, eval_every=1):
     """Train ``net`` on ``(x, y)`` for ``epochs`` epochs; resume from ``out``.
 
     Args:
@@ -282,10 +342,14 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
             ``recipe.joint_lr_factor``).
         time_budget_s, deadline: stop at ``clock() + time_budget_s`` or at ``deadline``
             (a ``clock()`` value), whichever is first, after the iteration running then,
-            with a snapshot; then ``TimeBudgetExhausted`` is raised.
+            with a snapshot; then ``TimeBudgetExhausted`` is raised. With ``comm``, rank 0's
+            budget and clock decide for every rank.
         comm: a ChainerMN communicator for data-parallel training (``branchynet.distributed``):
             rank 0's ``(x, y)`` is scattered (other ranks may pass None), ``batch_size`` is
             per rank, gradients are averaged over ranks, only rank 0 writes to ``out``.
+        test: ``(x_test, y_test)`` to evaluate every exit on after every ``eval_every``
+            epochs and after the last (``CurveEvaluator``; rank 0 only), for learning
+            curves; None for none.
 
     Returns the Chainer log (a list of per-epoch dicts; empty on ranks other than 0).
     """
@@ -320,10 +384,16 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
     iterator = iterators.SerialIterator(dataset, batch_size, order_sampler=order)
     updater = _RecipeUpdater(iterator, optimizer, device, recipe, stage_lr, epochs,
                              len(dataset), seed)
-    stop = _StopTrigger(epochs, deadline, clock)
+    # Whether rank 0 has a budget, known to every rank: then all take part in its decisions.
+    collective = comm is not None and distributed.agree(comm, deadline is not None)
+    stop = _StopTrigger(epochs, deadline, clock, comm if collective else None)
     trainer = training.Trainer(updater, stop, out=out)
     trainer.extend(_RandomStates(order_rng))
     keys = ["epoch", "main/loss"] + [f"main/accuracy/{name}" for name in net._exit_names]
+    evaluated = root and test is not None
+    if evaluated:
+        trainer.extend(CurveEvaluator(test[0], test[1], model, device),
+                       trigger=evaluation_trigger(eval_every, epochs))
     if comm is not None:
         for extension in distributed.aggregators(comm, keys[1:] + [
                 f"main/loss/{name}" for name in net._exit_names]):
@@ -336,7 +406,8 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
             trainer.extend(extensions.observe_value(
                 "lr", lambda t: getattr(t.updater.get_optimizer("main"), updater.rate_name)),
                 trigger=(1, "epoch"))
-        trainer.extend(extensions.PrintReport(keys + ["elapsed_time"]))
+        test_keys = [f"test/main/accuracy/{name}" for name in net._exit_names] if evaluated else []
+        trainer.extend(extensions.PrintReport(keys + test_keys + ["elapsed_time"]))
         if progress:
             steps = len(dataset) // batch_size
             trainer.extend(extensions.ProgressBar(update_interval=max(1, steps // 20)))
@@ -363,7 +434,7 @@ def train_or_load(net, path, x, y, epochs, batch_size, device, log=print, comm=N
     Training resumes from the snapshots in the folder ``path`` without ``.npz`` (e.g.
     ``results/baseline/`` for ``results/baseline.npz``); ``train_options`` go to ``train``
     (``seed``, ``weights``, ``lr``, ``recipe``, ``stage``, ``time_budget_s``,
-    ``deadline``, ``progress``). Returns ``net``, on the CPU after training. When the time
+    ``deadline``, ``progress``, ``test``, ``eval_every``). Returns ``net``, on the CPU after training. When the time
     budget stops training, nothing is saved at ``path`` and ``TimeBudgetExhausted``
     propagates (the snapshot in the folder continues the training next time). With a
     communicator ``comm`` every rank trains (``batch_size`` per rank); rank 0 alone reads

@@ -22,6 +22,7 @@ fastest round, mean over samples (robust to other processes' load). See docs/dep
 """
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.deploy", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{export,time}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{export,time,recompute}")
 
     def common(p):
         p.add_argument("--results", required=True, metavar="DIR",
@@ -97,6 +99,13 @@ def parse_args(argv=None):
                            "samples out at each exit (e.g. the paper's knee mix 0.656 0.252 "
                            "0.092 for a weakly trained net whose knee uses one exit)")
     time.add_argument("--no-progress", action="store_true", help="no progress bar")
+    recompute = sub.add_parser(
+        "recompute", help="re-derive deploy_<tag>.json's figures and the table from the "
+        "stored per-sample seconds and compare", description="Re-derive every figure of "
+        "deploy_<tag>.json and deploy_table_<tag>.csv from deploy_<tag>_seconds.npz (no "
+        "timing, no data) and compare; exit status 1 and the first difference if any.",
+        epilog=EPILOG)
+    common(recompute)
     args = parser.parse_args(argv)
     for name in ("check_samples", "samples", "rounds", "block", "threads", "max_points"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
@@ -346,6 +355,110 @@ def summarise(timings, fractions, costs, n_exits, points, focus):
     return out
 
 
+def derive_timing(exp, seconds, raw, block, points, focus, costs):
+    """Every figure of ``time`` from the per-sample seconds (variant -> rounds x samples):
+    the per-round and fastest-round summaries, the block-start effect and the table rows.
+    ``focus``: ``(label, accuracy %, thresholds, exit fractions, point name)`` per point;
+    ``raw``: the per-round means with the load. Returns a dict (``record``: its JSON part).
+    """
+    from branchynet.timing import Interleaved
+    seconds = {k: np.asarray(v, np.float64) for k, v in seconds.items()}
+    n = next(iter(seconds.values())).shape[1]
+    # The first sample of every block runs right after another variant's block and pays
+    # for what that one left in the caches: measured here, 2-5x slower than the rest of
+    # its block for ONNX Runtime, and by how much depends on which variant precedes it in
+    # the rotation (Chainer's baseline before ONNX Runtime's baseline). Those samples are
+    # left out of every figure (the raw per-round means are kept in the JSON).
+    warm_cols = np.arange(n) % block != 0
+    if not warm_cols.any():
+        warm_cols[:] = True
+    block_start = {}
+    if (~warm_cols).any():
+        block_start = {k: {"first_of_block_us": 1e6 * float(v[:, ~warm_cols].min(axis=0).mean()),
+                           "rest_us": 1e6 * float(v[:, warm_cols].min(axis=0).mean())}
+                       for k, v in seconds.items()}
+    timings = Interleaved({k: 1e3 * v[:, warm_cols].mean(axis=1)
+                           for k, v in seconds.items()}, int(warm_cols.sum()), raw.load)
+    # The same runs, each sample at its fastest round, averaged over samples (the statistic
+    # of benchmarks/latency.py): a call preempted by another process weighs on a mean of
+    # microsecond calls; each sample's own fastest round discards that and keeps the mix
+    # of exits (a median over samples would not). One value, so no interval.
+    robust = Interleaved({k: [1e3 * v[:, warm_cols].min(axis=0).mean()]
+                          for k, v in seconds.items()}, timings.samples, raw.load)
+    n_exits = len(costs["path_macs"])
+    robust_focus = {label: summarise(robust, f, costs, n_exits, points, name)
+                    for label, _, _, f, name in focus}
+    summarised = [(label, acc, t, f, summarise(timings, f, costs, n_exits, points, name))
+                  for label, acc, t, f, name in focus]
+    record = {
+        "summary": summarised[0][4],
+        "summaries": {label: sm for label, _, _, _, sm in summarised},
+        "summaries_fastest_round_per_sample": robust_focus,
+        "statistic": "first sample of every block left out; per-round means (summaries) and "
+                     "each sample's fastest round, mean over samples "
+                     "(summaries_fastest_round_per_sample)",
+        "raw_measurement": raw.to_json(), "block_start_effect": block_start,
+        "measurement": timings.to_json()}
+    return {"record": record, "rows": table_rows(exp, summarised, costs), "timings": timings,
+            "robust": robust, "robust_focus": robust_focus, "focus": summarised,
+            "block_start": block_start, "focus_specs": focus}
+
+
+def command_recompute(args):
+    """Re-derive deploy_<tag>.json's figures and deploy_table_<tag>.csv from the stored
+    per-sample seconds; returns 1 (and names the first difference) if any differs."""
+    import tempfile
+    from branchynet.io import read_json
+    from branchynet.report import write_csv
+    from branchynet.timing import Interleaved
+    from experiments.compare import csv_difference, json_difference
+    from experiments.experiment import Experiment
+    stem = os.path.join(args.results, f"deploy_{args.tag}")
+    if not os.path.isfile(stem + ".json"):
+        raise UsageError(f"{stem}.json does not exist: run the time command on this folder")
+    record = read_json(stem + ".json")
+    if "focus" not in record or not os.path.isfile(stem + "_seconds.npz"):
+        raise UsageError(f"{stem}.json keeps no per-sample seconds ({stem}_seconds.npz): "
+                         f"it was timed before they were stored; time the folder again")
+    exp = Experiment.from_results(args.results, log=lambda *a: None)
+    exp.load_cached_outputs()
+    exp.evaluate()
+    with np.load(stem + "_seconds.npz") as data:
+        seconds = {k: data[k] for k in data.files}
+    raw = Interleaved.from_json(record["raw_measurement"])
+    raw = Interleaved({k: 1e3 * v.astype(np.float64).mean(axis=1) for k, v in seconds.items()},
+                      raw.samples, raw.load)
+    focus = [(f["label"], f["accuracy"], record["points"][f["point"]],
+              record["summaries"][f["label"]]["exit_fractions"], f["point"])
+             for f in record["focus"]]
+    derived = derive_timing(exp, seconds, raw, record["settings"]["block"], record["points"],
+                            focus, exp.costs)
+    problems = []
+    found = json_difference({k: record.get(k) for k in derived["record"]},
+                            json.loads(json.dumps(derived["record"], default=_plain)))
+    if found:
+        problems.append(f"{stem}.json: {found}")
+    with tempfile.TemporaryDirectory() as tmp:
+        table = os.path.join(tmp, "table.csv")
+        write_csv(table, derived["rows"])
+        committed = os.path.join(args.results, f"deploy_table_{args.tag}.csv")
+        found = csv_difference(committed, table)
+        if found:
+            problems.append(f"{committed}: {found}")
+    for problem in problems:
+        print(f"error: {problem} (re-derived from {stem}_seconds.npz)")
+    if not problems:
+        print(f"{stem}.json and deploy_table_{args.tag}.csv: identical to what "
+              f"{os.path.basename(stem)}_seconds.npz gives")
+    return 1 if problems else 0
+
+
+def _plain(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
 def table_rows(exp, focus, costs):
     """Table I rows for every runtime: the baseline, and the B-net at each point of
     ``focus`` (a list of ``(label, accuracy %, thresholds, exit fractions, summary)``)."""
@@ -473,7 +586,7 @@ def plot(path_stem, exp, sweep, summary, timings, points, costs, title):
 def command_time(args):
     """Time both runtimes, interleaved; print and write the tables and the plot."""
     from branchynet.deploy import OnnxBranchyNet, chainer_variants, ort_variants, read_manifest
-    from branchynet.io import write_json
+    from branchynet.io import atomic_path, write_json
     from branchynet.report import format_table, machine_info, write_csv
     from branchynet.timing import Interleaved, interleave, interval_coverage, loadavg
     _require_onnx()
@@ -509,34 +622,16 @@ def command_time(args):
                 **ort_variants(runtime, x, points)}
     print(f"timing {len(variants)} variants on {len(x)} test samples at batch size 1, "
           f"{args.rounds} interleaved rounds (load {loadavg()})", flush=True)
-    timings = interleave(variants, len(x), rounds=args.rounds, block=args.block, warmup=10,
-                         progress=not args.no_progress)
-    # The first sample of every block runs right after another variant's block and pays
-    # for what that one left in the caches: measured here, 2-5x slower than the rest of
-    # its block for ONNX Runtime, and by how much depends on which variant precedes it in
-    # the rotation (Chainer's baseline before ONNX Runtime's baseline). Those samples are
-    # left out of every figure (the raw per-round means are kept in the JSON).
-    warm_cols = np.arange(len(x)) % args.block != 0
-    if not warm_cols.any():
-        warm_cols[:] = True
-    raw = timings
-    block_start = {}
-    if (~warm_cols).any():
-        block_start = {k: {"first_of_block_us": 1e6 * float(v[:, ~warm_cols].min(axis=0).mean()),
-                           "rest_us": 1e6 * float(v[:, warm_cols].min(axis=0).mean())}
-                       for k, v in raw.seconds.items()}
-    timings = Interleaved({k: 1e3 * v[:, warm_cols].mean(axis=1)
-                           for k, v in raw.seconds.items()}, int(warm_cols.sum()), raw.load)
-    # The same runs, each sample at its fastest round, averaged over samples (the statistic
-    # of benchmarks/latency.py): a call preempted by another process weighs on a mean of
-    # microsecond calls; each sample's own fastest round discards that and keeps the mix
-    # of exits (a median over samples would not). One value, so no interval.
-    robust = Interleaved({k: [1e3 * v[:, warm_cols].min(axis=0).mean()]
-                          for k, v in raw.seconds.items()}, timings.samples, raw.load)
-    robust_focus = {label: summarise(robust, f, costs, exp.branchy.n_exits, points, name)
-                    for label, _, _, f, name in focus}
-    focus = [(label, acc, t, f, summarise(timings, f, costs, exp.branchy.n_exits, points, name))
-             for label, acc, t, f, name in focus]
+    raw = interleave(variants, len(x), rounds=args.rounds, block=args.block, warmup=10,
+                     progress=not args.no_progress)
+    # Per-sample seconds as float32 (every figure is re-derived from them: recompute).
+    seconds = {k: v.astype(np.float32) for k, v in raw.seconds.items()}
+    raw = Interleaved({k: 1e3 * v.astype(np.float64).mean(axis=1) for k, v in seconds.items()},
+                      len(x), raw.load)
+    derived = derive_timing(exp, seconds, raw, args.block, points, focus, costs)
+    timings, robust = derived["timings"], derived["robust"]
+    block_start, robust_focus, focus = (derived["block_start"], derived["robust_focus"],
+                                        derived["focus"])
     exits = {}
     scores = exp.outputs.scores[:len(x)]
     for name in points:
@@ -574,20 +669,18 @@ def command_time(args):
           + ("identical at every point" if not differ else
              "; ".join(f"{k}: {v['differ']} differ ({v['differ_near_threshold']} near a "
                        f"threshold)" for k, v in differ.items())))
-    summary = focus[0][4]
     tag = args.ort_device if args.threads == 1 else f"{args.ort_device}-{args.threads}t"
     stem = os.path.join(args.results, f"deploy_{tag}")
+    with atomic_path(stem + "_seconds.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **seconds)
     write_json(stem + ".json", {
         "title": title, "machine": machine, "settings": vars(args),
-        "summary": summary, "summaries": {label: sm for label, _, _, _, sm in focus},
-        "summaries_fastest_round_per_sample": robust_focus,
-        "statistic": "first sample of every block left out; per-round means (summaries) and "
-                     "each sample's fastest round, mean over samples "
-                     "(summaries_fastest_round_per_sample)",
-        "raw_measurement": raw.to_json(), "block_start_effect": block_start,
-        "exits_vs_chainer": exits, "points": points, "knee": knee_name,
-        "costs": {k: costs[k] for k in ("path_macs", "macs", "head_macs", "baseline_macs")},
-        "measurement": m})
+        **derived["record"], "exits_vs_chainer": exits, "points": points, "knee": knee_name,
+        "focus": [{"label": label, "accuracy": acc, "point": name}
+                  for label, acc, _, _, name in derived["focus_specs"]],
+        "seconds_file": os.path.basename(stem) + "_seconds.npz",
+        "costs": {k: costs[k] for k in ("path_macs", "macs", "head_macs", "baseline_macs")}})
     write_csv(os.path.join(args.results, f"deploy_table_{tag}.csv"), rows)
     plot(os.path.join(args.results, f"tradeoff_deploy_{tag}"), exp, sweep,
          robust_focus[focus[0][0]], robust, points, costs,
@@ -602,6 +695,12 @@ def command_time(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.command == "recompute":  # no ONNX needed: the figures come from the seconds
+        try:
+            return command_recompute(args)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         _require_onnx()
         from branchynet.deploy import DeployError
@@ -609,7 +708,8 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        return command_export(args) if args.command == "export" else command_time(args)
+        return {"export": command_export, "time": command_time,
+                "recompute": command_recompute}[args.command](args)
     except (UsageError, DeployError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

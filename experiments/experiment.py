@@ -13,6 +13,7 @@ Everything after ``measure`` is derived from two kinds of files alone: the exit 
 rebuilds the sweep, frontier, knee, choices on validation and Table I rows from them, so
 ``recompute`` re-derives a committed folder without training or timing.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -24,7 +25,7 @@ import numpy as np
 from branchynet import distributed
 from branchynet.datasets import DatasetError, info_differences, load_dataset, split_validation
 from branchynet.flops import exit_path_costs, expected_macs
-from branchynet.frontier import inc_points, knee
+from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
 from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
@@ -36,7 +37,9 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
+from experiments.compare import first_difference
 from networks import get_network
+from experiments import guarantee
 
 class SettingsError(ValueError):
     """Settings that cannot work with this data or results folder (the runner: exit 2)."""
@@ -80,6 +83,8 @@ class Experiment:
         # A ChainerMN communicator (mpiexec ... --communicator NAME), else None.
         self.comm = getattr(settings, "comm", None)
         self.spec = get_network(settings.network)
+        if getattr(settings, "name", None):  # --name: the network's name in tables and plots
+            self.spec = dataclasses.replace(self.spec, title=settings.name)
         self.out = settings.out
         self.suffix = "" if settings.criterion == "entropy" else f"_{settings.criterion}"
         self.data = self.config = self.baseline = self.branchy = None
@@ -149,7 +154,8 @@ class Experiment:
 
     def _config(self, options):
         s, data = self.s, self.data
-        config = {"network": self.spec.name, "dataset": s.dataset, "data_name": data.name,
+        config = {"network": self.spec.name, "title": self.spec.title,
+                  "dataset": s.dataset, "data_name": data.name,
                   "dataset_options": options,
                   "dataset_info": {k: v for k, v in data.info.items() if k != "files"},
                   "data_record": data.info,
@@ -169,7 +175,8 @@ class Experiment:
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
-                  "devices": [str(d) for d in s.devices]}
+                  "devices": [str(d) for d in s.devices],
+                  "learning_curve": self._curve_record()}
         if data.val_y is not None:
             config["validation"] = {
                 "samples": len(data.val_y), "seed": s.seed,
@@ -184,6 +191,13 @@ class Experiment:
                             "accuracy_floor_percent": s.accuracy_floor,
                             "accuracy_drop_pp": s.accuracy_drop}}
         return config
+
+    def _curve_record(self):
+        """What config.json says of the learning-curve evaluation (not a training key: it
+        does not change the training)."""
+        test = self.curve_test_set()
+        return {"eval_every": getattr(self.s, "eval_every", 0),
+                "test_samples": 0 if test is None else len(test[1])}
 
     def check_folder(self):
         """Refuse to mix settings: a results folder holds the run of one training setting."""
@@ -240,12 +254,38 @@ class Experiment:
         self.branchy = BranchyNet(self.spec.build())
 
     def train(self, device):
-        """Train the baseline, then the B-net from it (each skipped when its npz exists)."""
-        self.build_networks()
-        self._train_one("baseline", self.baseline, device)
-        if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
-            self.branchy.init_from_baseline(self.baseline)
-        self._train_one("branchynet", self.branchy, device)
+        """Train the baseline, then the B-net from it (each skipped when its npz exists);
+        whenever training stops (finished, budget, error), rank 0 redraws the learning curve."""
+        try:
+            self.build_networks()
+            self._train_one("baseline", self.baseline, device)
+            if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
+                self.branchy.init_from_baseline(self.baseline)
+            self._train_one("branchynet", self.branchy, device)
+        finally:
+            if distributed.is_root(self.comm):
+                self.draw_learning_curve()
+
+    def draw_learning_curve(self):
+        """``learning_curve.png`` from the training logs (``experiments.learning_curve``);
+        a failure to draw is reported, never raised over the training's own outcome."""
+        from experiments.learning_curve import plot_learning_curve
+        try:
+            path = plot_learning_curve(self.out)
+        except Exception as err:  # e.g. a log being written by another process
+            self.log(f"warning: no learning curve drawn: {type(err).__name__}: {err}")
+            return
+        if path:
+            self.log(f"learning curve: {path}")
+
+    def curve_test_set(self):
+        """The test samples evaluated after every ``--eval-every`` epochs (the first
+        ``--eval-limit``), or None (no evaluation, or a rank without the data)."""
+        every = getattr(self.s, "eval_every", 0)
+        if not every or self.data is None:
+            return None
+        limit = getattr(self.s, "eval_limit", 0) or len(self.data.test_y)
+        return self.data.test_x[:limit], self.data.test_y[:limit]
 
     def recipe(self):
         """The training recipe: the runner's (``recipe_obj``), else the paper's at ``lr``."""
@@ -264,7 +304,8 @@ class Experiment:
                       recipe=self.recipe(), stage=name,
                       deadline=getattr(s, "deadline", None),
                       clock=getattr(s, "clock", time.monotonic),
-                      progress=not s.no_progress, comm=self.comm)
+                      progress=not s.no_progress, comm=self.comm,
+                      test=self.curve_test_set(), eval_every=getattr(s, "eval_every", 0) or 1)
 
     def weights_key(self):
         return {name: file_sha256(self.path(f"{name}.npz")) for name in ("baseline", "branchynet")}
@@ -394,12 +435,18 @@ class Experiment:
 
         measurement_key = {**base_key, "inputs": array_sha256(timed_x), "samples": len(timed_x),
                            "points": sorted(points)}
-        if old.get("measurement_key") == measurement_key:
+        old_key = dict(old.get("measurement_key") or {})
+        if old_key.pop("points", None) is not None and set(points) <= set(
+                old.get("points", {})) and old_key == {k: v for k, v in measurement_key.items()
+                                                         if k != "points"}:
+            # Timed before with these points and maybe more (e.g. --time-all-points): kept.
             record.update({k: old[k] for k in ("measurement", "points")})
+            measurement_key = old["measurement_key"]
         else:
             self.log(f"[{tag}] measuring the baseline, {self.branchy.n_exits} exit paths and "
                      f"{len(points)} threshold vector(s) on {len(timed_x)} test samples at batch "
-                     f"size 1, {s.timing_rounds} interleaved rounds, on {device}")
+                     f"size 1, {s.timing_rounds} interleaved rounds, on {device}: "
+                     + self.estimate(record, points, len(timed_x)))
             timings, variants = measure_latency(
                 self.branchy, self.baseline, timed_x, device, points=points,
                 rounds=s.timing_rounds, block=TIMING_BLOCK, criterion=s.criterion,
@@ -415,12 +462,37 @@ class Experiment:
         return record
 
     def _points(self, record):
-        """Name -> thresholds of every point to measure: the frontier and the choices."""
+        """Name -> thresholds of every point to measure: the knee, the choices on
+        validation, and the non-dominated frontier points spread over predicted runtime,
+        at most ``--timed-points`` of them (``--time-all-points``: the whole frontier)."""
         selection = self.select(record)
-        chosen = [self.sweep.thresholds[i] for i in selection["frontier"]]
+        chosen = [self.sweep.thresholds[i] for i in self.timed_indices(selection)]
         chosen += [c.thresholds for _, c in selection["validation"]
                    if not isinstance(c, InfeasibleBudget)]
         return {point_name(t): [float(v) for v in t] for t in chosen}
+
+    def timed_indices(self, selection):
+        """Grid indices of the frontier points to time (the knee always among them)."""
+        frontier, k = selection["frontier"], int(selection["knee"])
+        if getattr(self.s, "time_all_points", False):
+            return [int(i) for i in frontier]
+        cap = getattr(self.s, "timed_points", None) or TIMED_POINTS
+        pareto = pareto_points(self.sweep.accuracy, selection["predicted"], among=frontier)
+        thinned = spread_over_runtime(pareto, selection["predicted"], cap, keep=[k])
+        return sorted(set(int(i) for i in thinned) | {k})
+
+    def estimate(self, record, points, samples):
+        """How long the measurement will take, from the profile's per-sample path times:
+        every variant's predicted ms x samples x rounds (and one warm-up call per block)."""
+        paths = path_summary(Interleaved.from_json(record["profile"]), self.outputs.n_exits)
+        fractions = evaluate_grid(self.outputs, list(points.values())).exit_fractions
+        per_sample = (paths["baseline_ms"] + paths["baseline_trunk_ms"] + sum(paths["path_ms"])
+                      + sum(paths["trunk_ms"])
+                      + float(predict_runtime(fractions, paths["path_ms"]).sum()))
+        seconds = per_sample * samples * self.s.timing_rounds * (1 + 1 / TIMING_BLOCK) / 1e3
+        return (f"about {_duration(seconds)} ({per_sample:.2f} ms per sample for all "
+                f"{2 + 2 * len(paths['path_ms']) + len(points)} variants, predicted from "
+                f"the profile; more on a busy machine)")
 
     @staticmethod
     def _point_record(thresholds, variant, outputs):
@@ -577,7 +649,8 @@ class Experiment:
 
     def plot(self, result):
         selection, sweep, timings = result["selection"], self.sweep, result["timings"]
-        front = [int(i) for i in selection["frontier"]]
+        frontier = [int(i) for i in selection["frontier"]]
+        front = [i for i in frontier if point_name(sweep.thresholds[i]) in result["measured"]]
         points = [result["measured"][point_name(sweep.thresholds[i])] for i in front]
         base = timings.stats("baseline")
         knee_point = result["measured"][point_name(sweep.thresholds[selection["knee"]])]
@@ -591,7 +664,9 @@ class Experiment:
             (base["median_ms"], 100 * self.baseline_accuracy()),
             (knee_point["stats"]["median_ms"], 100 * sweep.accuracy[selection["knee"]]),
             labels=(f"B-{self.spec.title}", self.spec.title), marks=result["marks"],
-            frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base))
+            frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base),
+            predicted_frontier=(selection["predicted"][frontier],
+                                100 * sweep.accuracy[frontier]))
 
     def table_title(self, result):
         record = result["record"]
@@ -637,18 +712,12 @@ class Experiment:
                      f"branchynet.npz); stopping before the exit outputs and the sweep")
             return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
+        guarantee_settings = guarantee.settings_of(self.s)
+        if guarantee_settings and guarantee_settings["calibrate"]:
+            guarantee.compute_logits(self, train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
-        summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
-                   "exit_accuracies": self.outputs.exit_accuracies(), "costs": self.costs,
-                   "training": {name: training_record(self.path(os.path.join(name, "log")),
-                                                      len(self.data.train_y))
-                                for name in ("baseline", "branchynet")},
-                   "devices": {}}
-        if self.val_outputs is not None:
-            summary.update(val_baseline_accuracy=self.val_baseline.exit_accuracies()[0],
-                           val_exit_accuracies=self.val_outputs.exit_accuracies())
-        infeasible = []
+        results, infeasible = [], []
         for device in devices:
             result = self.derive(self.tag(device), self.measure(device))
             self.log(format_table(result["rows"], self.table_title(result)))
@@ -659,15 +728,37 @@ class Experiment:
             self._log_other_exits(result)
             self.write_report(result)
             self.plot(result)
+            if guarantee_settings:
+                doc = guarantee.run_stage(self, result["tag"], result["record"], guarantee_settings)
+                if doc and not doc["feasible"]:
+                    infeasible.append(f"[{result['tag']}] {doc['rows'][-1]['note']}")
+            results.append(result)
+            infeasible += result["infeasible"]
+        summary = self.summary(results)
+        write_json(self.path("summary.json"), summary)
+        self.log(f"results in {self.out}/")
+        return summary, infeasible
+
+    def summary(self, results):
+        """What summary.json holds: accuracies, costs, training records and every device's
+        rows, from the exit outputs, the training logs and the ``derive`` results."""
+        n_train = (self.config.get("samples") or {}).get("train")
+        summary = {"config": self.config, "baseline_accuracy": self.baseline_accuracy(),
+                   "exit_accuracies": self.outputs.exit_accuracies(), "costs": self.costs,
+                   "training": {name: training_record(self.path(os.path.join(name, "log")),
+                                                      n_train)
+                                for name in ("baseline", "branchynet")},
+                   "devices": {}}
+        if self.val_outputs is not None:
+            summary.update(val_baseline_accuracy=self.val_baseline.exit_accuracies()[0],
+                           val_exit_accuracies=self.val_outputs.exit_accuracies())
+        for result in results:
             summary["devices"][result["tag"]] = {
                 "rows": result["rows"], "knee": int(result["selection"]["knee"]),
                 "frontier": [int(i) for i in result["selection"]["frontier"]],
                 "paths": result["selection"]["paths"], "warnings": result["warnings"],
                 "selections": result["selections"], "machine": result["record"]["machine"]}
-            infeasible += result["infeasible"]
-        write_json(self.path("summary.json"), summary)
-        self.log(f"results in {self.out}/")
-        return summary, infeasible
+        return summary
 
     def _log_warnings(self, result, shown=5):
         """The self-consistency warnings (the first few; all are in the table JSON)."""
@@ -710,11 +801,12 @@ class Experiment:
         return exp
 
     def recompute(self, verify_outputs=0):
-        """Re-derive every timed device's table and sweep CSV from the committed exit outputs
-        and timing records; returns the list of files that differ from the committed ones.
+        """Re-derive every file ``derive`` makes from the committed exit outputs, timing
+        records and training logs, and compare each with the committed one (``DERIVED``);
+        returns the problems, each naming the file and its first differing field.
 
-        With ``verify_outputs`` N > 0 the committed weights are also run on the first N test
-        samples and must reproduce the committed exit outputs.
+        With ``verify_outputs`` N (> 0, or -1 for all) the committed weights are also run on
+        the first N test and validation samples and must reproduce the exit outputs.
         """
         self.load_cached_outputs()
         self.evaluate()
@@ -725,61 +817,102 @@ class Experiment:
                    if _criterion_of(_tag_of(p)) == self.s.criterion]
         if not records:
             raise SettingsError(f"{self.out} has no timing_<device>.json to derive from")
+        results = [self.derive(_tag_of(p), read_json(p)) for p in records]
+        names = [name for r in results for name in derived_files(r["tag"], self.val_outputs)]
+        # summary.json holds the devices of the run that wrote it last (one criterion).
+        committed_summary = self.path("summary.json")
+        tags = set(read_json(committed_summary).get("devices", {})) if os.path.exists(
+            committed_summary) else {r["tag"] for r in results}
+        summary = None
+        if tags and tags <= {r["tag"] for r in results}:
+            summary = self.summary([r for r in results if r["tag"] in tags])
+            names.append("summary.json")
         committed_folder = self.out
         with tempfile.TemporaryDirectory() as tmp:
             self.out = tmp
             try:
-                for path in records:
-                    tag = _tag_of(path)
-                    self.write_report(self.derive(tag, read_json(path)))
-                    for name in (f"sweep_{tag}.csv", f"table_{tag}.csv"):
-                        committed = os.path.join(committed_folder, name)
-                        if not os.path.exists(committed):
-                            problems.append(f"{committed}: missing")
-                        elif _read(committed) != _read(os.path.join(tmp, name)):
-                            problems.append(f"{committed}: differs from what its exit outputs "
-                                            f"and timing_{tag}.json give")
-                        else:
-                            self.log(f"{committed}: identical to what its exit outputs and "
-                                     f"timing_{tag}.json give")
+                for result in results:
+                    self.write_report(result)
+                if summary is not None:
+                    write_json(self.path("summary.json"), summary)
             finally:
                 self.out = committed_folder
+            for name in names:
+                committed = os.path.join(committed_folder, name)
+                found = first_difference(committed, os.path.join(tmp, name))
+                if found:
+                    problems.append(f"{committed}: {found} (re-derived from the exit outputs, "
+                                    f"timing records and training logs)")
+                else:
+                    self.log(f"{committed}: identical to what its exit outputs and timing "
+                             f"records give")
+        for path in records:  # guarantee_<tag>*.json, calibration.json
+            problems += guarantee.recompute(self, _tag_of(path), read_json(path),
+                                            guarantee.settings_of(self.s))
         return problems
 
     def verify_outputs(self, samples):
-        """Run the committed weights on the first ``samples`` test samples; compare."""
+        """Run the committed weights on the first ``samples`` test samples (and as many
+        validation samples, when the folder has a split; -1: all of them) and compare
+        with the committed exit outputs of both networks."""
         import chainer
         from branchynet.training import load_weights
         if not self.s.data_dir and self.config.get("data_record", {}).get("folder"):
             self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
-        self.s.test_limit = samples if not self.s.test_limit else min(samples, self.s.test_limit)
-        self.s.val_size = 0
+        if samples > 0:
+            self.s.test_limit = min(samples, self.s.test_limit or samples)
         self.s.timing_samples = 0  # nothing is timed here
+        config = self.config
         self.load_data()
+        self.config = config  # as committed: the derived files are compared with it
         self.build_networks()
         load_weights(self.path("baseline.npz"), self.baseline)
         load_weights(self.path("branchynet.npz"), self.branchy)
         cpu = chainer.get_device("@numpy")
+        splits = [("test", self.data.test_x, self.data.test_y, self.outputs, self.baseline_outputs)]
+        if self.val_outputs is not None:
+            n = len(self.data.val_y) if samples < 0 else min(samples, len(self.data.val_y))
+            splits.append(("validation", self.data.val_x[:n], self.data.val_y[:n],
+                           self.val_outputs, self.val_baseline))
         problems = []
-        for net, committed, criterion in ((self.branchy, self.outputs, self.s.criterion),
-                                          (self.baseline, self.baseline_outputs, "entropy")):
-            n = len(self.data.test_y)
-            fresh = collect_exit_outputs(net, self.data.test_x, self.data.test_y, device=cpu,
-                                         criterion=criterion)
-            mine = committed.take(slice(0, n))
-            same_labels = np.array_equal(fresh.labels, mine.labels)
-            same_predictions = np.array_equal(fresh.predictions, mine.predictions)
-            close = np.allclose(fresh.scores, mine.scores, rtol=1e-4, atol=1e-6)
-            what = "B-net" if net is self.branchy else "baseline"
-            if same_labels and same_predictions and close:
-                self.log(f"{what}: the weights reproduce the committed exit outputs on {n} test "
-                         f"samples (largest score difference "
-                         f"{np.abs(fresh.scores - mine.scores).max():.2g})")
-            else:
-                problems.append(f"{what}: the weights do not reproduce the committed exit "
-                                f"outputs (labels {same_labels}, predictions {same_predictions}, "
-                                f"scores close {close})")
+        for split, x, y, branchy_outputs, baseline_outputs in splits:
+            for net, committed, criterion in ((self.branchy, branchy_outputs, self.s.criterion),
+                                              (self.baseline, baseline_outputs, "entropy")):
+                fresh = collect_exit_outputs(net, x, y, device=cpu, criterion=criterion)
+                what = f"{'B-net' if net is self.branchy else 'baseline'} ({split})"
+                found = _outputs_difference(fresh, committed.take(slice(0, len(y))))
+                if found:
+                    problems.append(f"{what}: the weights do not reproduce the committed exit "
+                                    f"outputs on the first {len(y)} {split} samples: {found}")
+                else:
+                    self.log(f"{what}: the weights reproduce the committed exit outputs on "
+                             f"{len(y)} {split} samples (largest score difference "
+                             f"{np.abs(fresh.scores - committed.scores[:len(y)]).max():.2g})")
         return problems
+
+
+def _outputs_difference(fresh, committed):
+    """Where freshly computed exit outputs differ from committed ones (None: they agree;
+    scores within float32 rounding of other batch sizes: rtol 1e-4, atol 1e-6)."""
+    if not np.array_equal(fresh.labels, committed.labels):
+        return f"labels differ at sample {int(np.flatnonzero(fresh.labels != committed.labels)[0])}"
+    for name in ("predictions", "scores"):
+        a, b = getattr(fresh, name), getattr(committed, name)
+        same = (a == b) if name == "predictions" else np.isclose(a, b, rtol=1e-4, atol=1e-6)
+        if not same.all():
+            sample, exit_ = np.argwhere(~same)[0]
+            return (f"{name} differ at sample {sample}, exit {exit_ + 1}: committed "
+                    f"{b[sample, exit_]}, re-computed {a[sample, exit_]}")
+    return None
+
+
+# Frontier points timed by default (non-dominated, spread over predicted runtime); the rest
+# of the frontier is predicted from the exit paths (--timed-points, --time-all-points).
+TIMED_POINTS = 25
+
+
+def _duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 # How the timing figures are made (stored with every table).
@@ -796,6 +929,14 @@ ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q
 SWEEP_MEASURED = ("predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
                   "measured_q1_ms", "measured_q3_ms", "gain", "gain_low", "gain_high",
                   "measured_other_exit", "consistency")
+
+
+def derived_files(tag, val_outputs=None):
+    """The files ``write_report`` derives for one device tag (``recompute`` checks them)."""
+    names = [f"sweep_{tag}.csv", f"table_{tag}.csv", f"table_{tag}.json"]
+    if val_outputs is not None:
+        names += [f"selection_{tag}.json", f"candidates_val_{tag}.csv"]
+    return names
 
 
 def point_name(thresholds):
@@ -841,7 +982,8 @@ def _namespace(config, folder, criterion):
     import argparse
     budgets = (config.get("validation") or {}).get("budgets") or {}
     return argparse.Namespace(
-        network=config["network"], dataset=config["dataset"], data_dir=None,
+        network=config["network"], name=config.get("title"), dataset=config["dataset"],
+        data_dir=None,
         preprocess=(config.get("dataset_options") or {}).get("preprocess"),
         train_limit=config.get("train_limit", 0), test_limit=config.get("test_limit", 0),
         val_size=config.get("val_size", 0), seed=config.get("seed", 0),
@@ -938,8 +1080,11 @@ def training_record(log_path, n_train):
     log = read_json(log_path)
     if not log:
         return None
-    elapsed = [entry["elapsed_time"] for entry in log]
-    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference.
+    # Chainer's elapsed_time continues across resumes; an epoch's time is the difference,
+    # less the learning-curve evaluation after it (test/seconds), which is no training.
+    evaluation = np.cumsum([entry.get("test/seconds", 0.0) for entry in log])
+    elapsed = [entry["elapsed_time"] - done for entry, done in zip(log, evaluation)]
     epoch_seconds = np.diff([0.0] + elapsed).tolist()
     return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
-            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
+            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1],
+            "evaluation_seconds": float(evaluation[-1])}

@@ -24,11 +24,14 @@ folder are reused when the hashes of the weights and inputs they were made from 
      as warnings and flagged in the CSVs;
   6. report: Table I rows (stdout, CSV, JSON), sweep CSV, a Fig. 3-style plot (PNG, PDF).
 
---from-results DIR re-derives the sweep, frontier, knee and Table I of a results folder
-from its committed exit outputs and timing records only (no data, training or timing)
-and checks the result is identical to the folder's CSVs (exit status 1 if not);
---verify-outputs N also runs the folder's weights on the first N test samples (this needs
-the data) and checks they reproduce the committed exit outputs.
+--from-results DIR re-derives every derived file of a results folder (sweep_<dev>.csv,
+table_<dev>.csv/.json, summary.json; selection_<dev>.json and candidates_val_<dev>.csv
+with a validation split) from its committed exit outputs, timing records and training
+logs only (no data, training or timing) and compares them with the folder's (JSON as
+values, re-derived floats to 1e-9 relative; CSV as text): exit status 1 and the file and
+first differing field if not; --verify-outputs N (or all) also runs the folder's weights
+on the first N test and validation samples (this needs the data) and checks they
+reproduce the committed exit outputs.
 
 Exit status: 0 done; 1 a budget no T meets (everything is still written) or a
 --from-results mismatch; 2 bad input (named, before any work); 3 --time-budget reached
@@ -47,6 +50,20 @@ A budget that no T meets is a row marked INFEASIBLE with the reason (the budget,
 fastest runtime or best accuracy achievable); all results are still written, and the
 run then exits with status 1.
 
+--seeds K runs the seeds --seed .. --seed + K - 1 of one setting, each a complete runner
+folder OUT/seed-<s>/, and reports the mean, standard deviation and range over the seeds of
+every Table I column (experiments/seeds.py); all seeds train first, --train-only stops
+there (with the exit outputs and the accuracy aggregate), and --from-results OUT
+re-derives every seed and the aggregate.
+
+Thresholds with a guarantee (--risk-epsilon PP --risk-delta D, with --val-size): with
+probability at least 1 - D over the draw of the validation samples, the accuracy lost on
+new data against running every sample to the last exit is at most PP points
+(Learn-then-Test, fixed-sequence testing, exact binomial p-value); --calibrate fits one
+temperature per exit first. Rows in guarantee_<device>[_calibrated].csv/.json beside the
+same drop without a guarantee; an infeasible PP says how many validation samples it would
+need, and the run exits with status 1 after writing everything (docs/selection.md).
+
 --criterion picks the exit score (lower = more confident; a sample exits when score < T):
 entropy (the paper's, default), max-prob (1 - top softmax probability: exits when the
 top probability > 1 - T) or margin (1 - (top - second probability): exits when the top
@@ -56,6 +73,7 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 """
 import argparse
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -68,6 +86,8 @@ from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
+from experiments import seeds
+from experiments import guarantee
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
@@ -114,6 +134,20 @@ def _blas_threads(text):
     return value
 
 
+def _sample_count(text):
+    """--verify-outputs: a count of samples (>= 0), or 'all' (-1)."""
+    if text == "all":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a sample count (0, 1, ...) "
+                                         f"nor 'all'")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__,
@@ -156,7 +190,8 @@ def parse_args(argv=None):
                         "5e-4, 1 warm-up epoch then a cosine schedule, random "
                         "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
                         "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
-                        "256, rate 0.2, 20 + 4 epochs; networks/resnet110_cifar10.py)")
+                        "256, rate 0.2, 20 + 4 epochs; B-AlexNet: full CIFAR-10, batch 128, "
+                        "rate 0.02, 30 + 10 epochs; networks/*.py)")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
     recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
@@ -176,10 +211,28 @@ def parse_args(argv=None):
                         "of the run, with a snapshot (mid-epoch too); the run then says so "
                         f"and exits with status {EXIT_TIME_BUDGET} before any sweep or "
                         "timing; the same command again continues the training exactly "
-                        "where it stopped (a budget may be given again)")
+                        "where it stopped (a budget may be given again). With "
+                        "--communicator rank 0's clock decides for every rank: all stop at "
+                        "the same iteration, rank 0 writes the one snapshot")
+    parser.add_argument("--eval-every", type=int, default=1, metavar="N",
+                        help="learning curve: after every N-th epoch (and a stage's last) "
+                        "evaluate every exit on the test set, in inference mode (no effect on "
+                        "the training), into the log as test/main/accuracy/exitK; "
+                        "learning_curve.png is drawn whenever training stops; 0: no test "
+                        "evaluation (default: %(default)s)")
+    parser.add_argument("--eval-limit", type=int, default=0, metavar="N",
+                        help="evaluate the learning curve on the first N test samples only "
+                        "(0: every test sample of the run; default: %(default)s)")
     parser.add_argument("--loss-weights", type=float, nargs="+",
                         help="per-exit weights of the joint loss (default: 1 each)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train and evaluate K seeds (--seed, --seed + 1, ...), each in "
+                        "OUT/seed-<s>/, then time each, and report the mean, standard "
+                        "deviation and range over the seeds of every Table I column "
+                        "(OUT/seeds_<device>.csv/.json/.md) and of the accuracies from the "
+                        "exit outputs alone (OUT/seeds_accuracy.*, also with --train-only); "
+                        "default OUT: the runner's default plus -seeds (experiments/seeds.py)")
     parser.add_argument("--device", action="append",
                         help="Chainer device specifier (@numpy, @cupy:0); repeat for several, "
                         "or 'all' for the CPU and every GPU (default: @numpy)")
@@ -225,6 +278,32 @@ def parse_args(argv=None):
                         help="accuracy floor relative to the baseline: the fastest T whose "
                         "validation accuracy is at most PP percentage points below the "
                         "baseline's validation accuracy (0: match the baseline)")
+    select.add_argument("--risk-epsilon", type=float, metavar="PP",
+                        help="thresholds with a guarantee: with probability at least 1 - "
+                        "--risk-delta over the draw of the validation samples, the accuracy "
+                        "lost on new data against sending every sample to the last exit is at "
+                        "most PP percentage points (Learn-then-Test, fixed-sequence testing "
+                        "over a common threshold at every exit, exact binomial p-value; "
+                        "branchynet/risk.py, docs/selection.md section 5). Rows in "
+                        "guarantee_<device>.csv/.json beside the same drop chosen without a "
+                        "guarantee; runtime predicted, not timed. An infeasible PP says how many "
+                        "validation samples it would need")
+    select.add_argument("--risk-delta", type=float, metavar="D",
+                        help="with --risk-epsilon: the probability, in (0, 1), that the "
+                        "guarantee may fail over the validation draw (default: 0.1)")
+    select.add_argument("--risk-loss", choices=("accuracy", "signed", "disagreement"),
+                        help="with --risk-epsilon: the 0/1 loss bounded: accuracy (the exit "
+                        "taken is wrong where the last exit is right; bounds the accuracy "
+                        "lost; exact binomial p-value), signed (the accuracy lost itself, per "
+                        "sample in {-1, 0, 1}; Hoeffding-Bentkus p-value: better where exits "
+                        "often disagree) or disagreement (it predicts another class than the last exit; "
+                        "needs no labels, more conservative) (default: accuracy)")
+    select.add_argument("--calibrate", action="store_true",
+                        help="per-exit temperature scaling: one T per exit fitted (NLL) on a "
+                        "seeded half of the validation split, scores computed from logits / T; "
+                        "writes calibration.json (T, ECE and NLL before/after per exit) and "
+                        "reliability.png; with --risk-epsilon the guarantee is chosen on "
+                        "calibrated scores over the other half (guarantee_<device>_calibrated.*)")
     parser.add_argument("--inc-amt", type=float,
                         help="tolerance of the inc-points frontier rule (default: the network's)")
     parser.add_argument("--timing-samples", type=int,
@@ -235,6 +314,18 @@ def parse_args(argv=None):
                         "rounds, and a gain's interval is the range of its per-round values, "
                         "which covers the median with probability 1 - 2^(1-R): 93.8%% for "
                         "5, 98.4%% for 7 (default: %(default)s)")
+    parser.add_argument("--timed-points", type=int, default=25, metavar="N",
+                        help="frontier points timed at most: the non-dominated ones, spread "
+                        "evenly over predicted runtime, the knee always among them (plus the "
+                        "choices on validation); the rest of the frontier is predicted from "
+                        "the exit paths (default: %(default)s)")
+    parser.add_argument("--time-all-points", action="store_true",
+                        help="time every frontier point of the inc-points rule (the authors' "
+                        "frontier; with a fine grid and many exits, thousands of points: the "
+                        "run prints an estimate of the time before it starts)")
+    parser.add_argument("--name", metavar="TITLE",
+                        help="the network's name in tables and plot titles (default: the "
+                        "registered title; for FILE.py:NAME the file's stem, e.g. my_net)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time again even where timing_<device>.json matches the weights, "
                         "inputs and machine (e.g. to check that two measurements agree)")
@@ -248,13 +339,16 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--from-results", metavar="DIR",
-                        help="re-derive DIR's sweep, frontier, knee and Table I from its exit "
-                        "outputs and timing records (no training, no timing) and check they "
-                        "are identical to its CSVs; other options are ignored except "
-                        "--criterion, --verify-outputs and --data-dir")
-    parser.add_argument("--verify-outputs", type=int, default=0, metavar="N",
+                        help="re-derive DIR's files from its exit outputs, timing records and "
+                        "training logs (no training, no timing) and compare: sweep_<dev>.csv, "
+                        "table_<dev>.csv/.json, summary.json and, with a validation split, "
+                        "selection_<dev>.json and candidates_val_<dev>.csv (exit status 1 and "
+                        "the first differing field if any differs); other options are ignored "
+                        "except --criterion, --verify-outputs and --data-dir")
+    parser.add_argument("--verify-outputs", type=_sample_count, default=0, metavar="N",
                         help="with --from-results: also run DIR's weights on its first N test "
-                        "samples and check they reproduce the exit outputs (needs the data)")
+                        "samples (and N validation samples, if DIR has a split; 'all': every "
+                        "sample) and check they reproduce the exit outputs (needs the data)")
     args = parser.parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)  # relative paths: from here, once
     if args.list_networks:
@@ -263,9 +357,39 @@ def parse_args(argv=None):
     if args.from_results:
         if not os.path.isdir(args.from_results):
             parser.error(f"--from-results {args.from_results!r} is not a folder")
+        check_guarantee_args(parser, args, bool(glob.glob(
+            os.path.join(args.from_results, "exit_outputs_val*.npz"))))
         return args
+    check_guarantee_args(parser, args, bool(args.val_size))
+    seeds.check_count(parser, args)
+    out_given = args.out is not None
     check_args(parser, args)
+    seeds.check_out(parser, args, out_given)
     return args
+
+
+def check_guarantee_args(parser, args, validation):
+    """--calibrate and --risk-*: their values, and a validation split to work on."""
+    if args.risk_epsilon is None:
+        given = [f"--{n.replace('_', '-')}" for n in ("risk_delta", "risk_loss")
+                 if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only with the guaranteed selection, give "
+                         f"--risk-epsilon PP too")
+    else:
+        if not (np.isfinite(args.risk_epsilon) and 0 < args.risk_epsilon < 100):
+            parser.error("--risk-epsilon is the accuracy lost in percentage points, in (0, 100)")
+        args.risk_delta = 0.1 if args.risk_delta is None else args.risk_delta
+        if not (np.isfinite(args.risk_delta) and 0 < args.risk_delta < 1):
+            parser.error("--risk-delta is a probability in (0, 1), e.g. 0.1 or 0.05")
+        args.risk_loss = args.risk_loss or "accuracy"
+    asked = [name for name, on in (("--calibrate", args.calibrate),
+                                   ("--risk-epsilon", args.risk_epsilon is not None)) if on]
+    if asked and not validation:
+        where = (f"{args.from_results} has no validation exit outputs (a folder made with "
+                 f"--val-size)" if args.from_results else "give --val-size too")
+        parser.error(f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} a "
+                     f"validation split: {where}")
 
 
 def check_args(parser, args):
@@ -302,10 +426,11 @@ def check_args(parser, args):
     except ValueError as err:
         parser.error(str(err))
     args.lr = args.recipe_obj.lr
+    if args.eval_every < 0 or args.eval_limit < 0:
+        parser.error("--eval-every and --eval-limit must be >= 0 (0: no evaluation, all "
+                     "test samples)")
     if args.time_budget is not None:
-        if args.communicator:
-            parser.error("--time-budget does not work with --communicator yet (each rank "
-                         "would stop at its own iteration); leave one of them out")
+        # With --communicator every rank sets a deadline; rank 0's alone is read.
         if not (np.isfinite(args.time_budget) and args.time_budget > 0):
             parser.error("--time-budget must be a positive number of minutes")
         args.deadline = _clock() + 60 * args.time_budget
@@ -352,6 +477,8 @@ def check_args(parser, args):
     check_out(parser, args.out)
     if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
+    if args.timed_points < 2:
+        parser.error("--timed-points must be >= 2 (the fastest and the most accurate point)")
     if args.timing_rounds < 1:
         parser.error("--timing-rounds must be >= 1 (5 or more for an interval worth having)")
     if any(np.isnan(v) or v < 0 for v in args.grid):
@@ -456,9 +583,17 @@ def _unusable_gpu(device):
 
 def recompute(args, log=print):
     """``--from-results``: re-derive a committed folder; True when everything is identical."""
-    experiment = Experiment.from_results(args.from_results, args.criterion, log)
-    experiment.s.data_dir = args.data_dir
-    problems = experiment.recompute(args.verify_outputs)
+    if seeds.is_seeds_folder(args.from_results):
+        problems = seeds.recompute(args.from_results, args.criterion, args.verify_outputs,
+                                   args.data_dir, log)
+    else:
+        experiment = Experiment.from_results(args.from_results, args.criterion, log)
+        experiment.s.data_dir = args.data_dir
+        for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
+            setattr(experiment.s, name, getattr(args, name))
+        if args.calibrate:
+            guarantee.ensure_logits(experiment)
+        problems = experiment.recompute(args.verify_outputs)
     for problem in problems:
         log(f"error: {problem}")
     return not problems
@@ -476,7 +611,10 @@ def main(argv=None):
         if args.from_results:
             return recompute(args)
         log = print if distributed.is_root(comm) else (lambda *_, **__: None)
-        summary, infeasible = Experiment(args, log).run(args.devices)
+        if args.seeds:
+            summary, infeasible = seeds.run(args, log)
+        else:
+            summary, infeasible = Experiment(args, log).run(args.devices)
     except (SettingsError, DatasetError, distributed.DistributedError) as err:
         if several and not getattr(err, "on_every_rank", False):
             distributed.abort(comm, err, 2)  # the other ranks may wait for this one

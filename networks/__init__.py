@@ -149,12 +149,21 @@ def _load_reference(reference):
     return getattr(module, attr)
 
 
+def _readable_title(reference):
+    """A table name for ``FILE.py:NAME`` or ``package.module:NAME``: the file's stem or the
+    module's last part (``my_net.py:build`` -> ``my_net``; ``--name`` sets another)."""
+    where, _, attr = reference.rpartition(":")
+    stem = re.sub(r"\.py$", "", os.path.basename(where)) if where.endswith(".py") \
+        else where.rpartition(".")[2]
+    return stem or attr or reference
+
+
 def _as_spec(obj, name):
     """A ``NetworkSpec`` from a spec or a zero-argument layer-list function; checked."""
     if isinstance(obj, NetworkSpec):
         spec = obj
     elif callable(obj):
-        title = name.rpartition(":")[2] or name
+        title = _readable_title(name)
         spec = NetworkSpec(name=name, title=title, build=obj, grid=USER_DEFAULTS["grid"],
                            inc_amt=USER_DEFAULTS["inc_amt"], paper=dict(USER_DEFAULTS["paper"]),
                            quick=dict(USER_DEFAULTS["quick"]))

@@ -3,13 +3,20 @@
 # sweeps, plots, timing records): one runner command per network, on a 2-core machine, one
 # BLAS thread, timing in 5 interleaved rounds (the runner's default). Resumable: run it
 # again after an interruption; add --remeasure (REMEASURE=1) to time again with the same
-# weights. Usage: scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper]...
+# weights. Usage:
+#   scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper|lenet-seeds|alexnet-converged]...
 #   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
+# The long ones (lenet-paper, alexnet-converged) take hours: TIME_BUDGET=MINUTES stops
+# training cleanly with a snapshot after that long (exit status 3; learning_curve.png is
+# drawn) and the same command continues exactly. RANKS=2 trains alexnet-converged on 2
+# MPI processes (ChainerMN, --communicator naive, batch 64 per rank = the same global batch
+# 128); the folder is keyed to its rank count, so choose it before the first epoch.
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 # --blas-threads 1: training with one thread, as the committed weights were (timing always is).
 run() { ./dev.sh run --no-progress --blas-threads 1 ${REMEASURE:+--remeasure} "$@"; }
+budget() { echo ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"}; }
 for network in ${*:-lenet alexnet resnet}; do
     case $network in
         # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
@@ -32,7 +39,33 @@ for network in ${*:-lenet alexnet resnet}; do
                          --out results/cpu-alexnet_cifar10-val ;;
         # The paper's settings on a CPU: batch 512, 50 + 100 epochs, all of MNIST (hours;
         # resumable from the per-epoch snapshots).
-        lenet-paper) run --network lenet_mnist --paper --out results/cpu-lenet_mnist-paper ;;
-        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val or lenet-paper)" >&2; exit 2 ;;
+        lenet-paper) run --network lenet_mnist --paper $(budget) --out results/cpu-lenet_mnist-paper ;;
+        # Five seeds (0-4) of B-LeNet on all of MNIST at its quick setting (batch 64, 5 + 5
+        # epochs), each in results/cpu-lenet_mnist-seeds/seed-<s>/, and the mean, std and
+        # range over them (seeds_accuracy.*, seeds_cpu.*). TRAIN_ONLY=1 trains all seeds (and
+        # writes seeds_accuracy.*) without timing; run again without it to time them.
+        lenet-seeds) run --network lenet_mnist --dataset mnist --batch-size 64 \
+                         --baseline-epochs 5 --branchy-epochs 5 --seeds 5 ${TRAIN_ONLY:+--train-only} \
+                         --out results/cpu-lenet_mnist-seeds ;;
+        # B-AlexNet converged on the CPU: the fast recipe (networks/alexnet_cifar10.py: SGD,
+        # warm-up + cosine, weight decay, crop + flip, batch 128, 30 + 10 epochs), all of
+        # CIFAR-10, timing on the first 500 test images; the learning curve's test accuracy
+        # on the first 5,000 test images (all 10,000 would add 11-14% to every epoch:
+        # benchmarks/curve_cost.py).
+        alexnet-converged)
+            flags="--network alexnet_cifar10 --recipe fast --timing-samples 500 --eval-limit 5000 $(budget)
+                   --out results/cpu-alexnet_cifar10-converged"
+            if [ "${RANKS:-1}" -gt 1 ]; then
+                [ $((128 % RANKS)) = 0 ] || { echo "RANKS=$RANKS does not divide the batch 128" >&2; exit 2; }
+                ./dev.sh setup
+                # shellcheck disable=SC2086
+                .venv/bin/mpiexec -n "$RANKS" .venv/bin/python -m experiments.run --no-progress \
+                    ${REMEASURE:+--remeasure} $flags --communicator naive \
+                    --batch-size $((128 / RANKS))
+            else
+                # shellcheck disable=SC2086
+                run $flags
+            fi ;;
+        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val, lenet-paper, lenet-seeds or alexnet-converged)" >&2; exit 2 ;;
     esac
 done

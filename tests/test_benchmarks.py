@@ -279,3 +279,16 @@ def test_benchmarks_run_as_files():
     for process in runs:
         out, err = process.communicate()
         assert process.returncode == 0 and "--timing-rounds" in out, err
+
+
+def test_curve_cost(common, tmp_path):
+    from benchmarks import curve_cost
+    doc = run(curve_cost, common + ["--batch-size", "16", "--iterations", "2", "--warmup", "1",
+                                    "--eval-samples", "50", "--epoch-images", "1000",
+                                    "--test-images", "200"], tmp_path, "curve")
+    r = check_timing(doc["figures"]["timing"]["timing"], 2, ["baseline", "joint", "evaluation"])
+    per_image = {"evaluation": r["evaluation"] / 1e3 / 50, "joint": r["joint"] / 1e3 / 16}
+    check_stats(doc["figures"]["timing"]["seconds_per_image"]["evaluation"],
+                per_image["evaluation"], key="median")
+    share = 200 * per_image["evaluation"] / (1000 * per_image["joint"])
+    check_stats(doc["figures"]["joint_epoch_share"]["evaluation_over_epoch"], share, key="median")

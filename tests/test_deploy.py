@@ -187,6 +187,17 @@ def test_deploy_commands_export_and_time_both_runtimes(lenet_results, capsys):
     for name in ("deploy_table_cpu.csv", "tradeoff_deploy_cpu.png", "tradeoff_deploy_cpu.pdf"):
         assert os.path.getsize(os.path.join(lenet_results, name)) > 0
 
+    # Every figure re-derives from the stored per-sample seconds, and a changed one fails.
+    assert cli.main(["recompute", "--results", lenet_results]) == 0
+    assert "identical to what deploy_cpu_seconds.npz gives" in capsys.readouterr().out
+    path = os.path.join(lenet_results, "deploy_cpu_seconds.npz")
+    with np.load(path) as data:
+        seconds = {k: data[k] for k in data.files}
+    seconds["chainer:baseline"][0, 5] *= 0.5
+    np.savez_compressed(path, **seconds)
+    assert cli.main(["recompute", "--results", lenet_results]) == 1
+    assert "error: " in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("argv, message", [
     (["export", "--results", "/nonexistent/folder"], "is not a folder"),

@@ -144,6 +144,40 @@ def test_resume_needs_the_same_number_of_ranks(trained, mpiexec, tmp_path):
     assert all(np.array_equal(rank0[n], rank1[n]) for n in rank0)
 
 
+def test_collective_time_budget_stops_every_rank_at_one_iteration(trained, mpiexec, tmp_path):
+    """Rank 0's clock ends the budget after 4 of 8 steps of epoch 1; rank 1's own clock
+    would have ended it at once (a rank deciding alone would leave the other waiting in
+    the all-reduce, and the launch would time out). One snapshot, by rank 0; the same
+    command without a budget then ends with the weights of the uninterrupted run."""
+    out = str(tmp_path / "mn")
+    done = launch(mpiexec, RANKS, [WORKER, out, str(SAMPLES), str(BATCH), str(EPOCHS), "5"])
+    assert done.returncode == 3, done.stdout + done.stderr
+    stops = [json.load(open(f"{out}/rank{r}.json")) for r in range(RANKS)]
+    assert [s["epoch_detail"] for s in stops] == [0.5, 0.5]
+    assert stops[0]["snapshot"].endswith("snapshot_epoch_0_iter_4") and stops[1]["snapshot"] is None
+    assert sorted(os.listdir(f"{out}/train")) == ["distributed.json", "snapshot_epoch_0_iter_4"]
+    rank0, rank1 = _params(f"{out}/rank0.npz"), _params(f"{out}/rank1.npz")
+    assert all(np.array_equal(rank0[n], rank1[n]) for n in rank0)
+    done = launch(mpiexec, RANKS, [WORKER, out, str(SAMPLES), str(BATCH), str(EPOCHS)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = _params(f"{trained}/rank0.npz")
+    for r in range(RANKS):
+        got = _params(f"{out}/rank{r}.npz")
+        assert all(np.array_equal(expected[n], got[n]) for n in expected), r
+    assert sorted(os.listdir(f"{out}/train")) == ["distributed.json", "log",
+                                                  f"snapshot_epoch_{EPOCHS}"]
+
+
+def test_runner_with_two_ranks_and_a_time_budget(mpiexec, tmp_path):
+    """--time-budget with --communicator: exit status 3 on every rank, one message."""
+    out = str(tmp_path / "run")
+    done = launch(mpiexec, RANKS, ["-m", "experiments.run"] + TINY
+                  + ["--out", out, "--communicator", "naive", "--time-budget", "1e-6"])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.count("[baseline] stopped at the time budget after epoch 0.00") == 1
+    assert sorted(os.listdir(out)) == ["baseline", "config.json"]
+
+
 def test_runner_with_two_ranks(mpiexec, tmp_path):
     """mpiexec -n 2 ... --communicator naive: one standard results folder (re-derivable by
     --from-results), the global batch in config.json; another rank count is refused."""
@@ -223,3 +257,16 @@ def test_communicator_without_mpi4py_is_refused(tmp_path):
     assert "--communicator naive needs mpi4py" in done.stderr
     assert "setup-distributed" in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_latest_snapshot_is_ordered_by_epoch_then_budget_stop(tmp_path):
+    """The end of epoch E comes before a budget stop during epoch E + 1 (named
+    snapshot_epoch_E_iter_I), which comes before the end of epoch E + 1."""
+    from branchynet.distributed import _snapshots
+    names = ["snapshot_epoch_2", "snapshot_epoch_1_iter_12", "snapshot_epoch_10",
+             "snapshot_epoch_9_iter_100", "snapshot_epoch_1", "log"]
+    for name in names:
+        (tmp_path / name).write_text("")
+    assert _snapshots(str(tmp_path)) == ["snapshot_epoch_1", "snapshot_epoch_1_iter_12",
+                                         "snapshot_epoch_2", "snapshot_epoch_9_iter_100",
+                                         "snapshot_epoch_10"]

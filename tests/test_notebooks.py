@@ -66,7 +66,10 @@ def check_common(summary, notebook, n_exits, grid_points):
 def test_lenet_notebook_and_reloading_its_weights(tmp_path):
     summary, notebook = execute("lenet_mnist", tmp_path)
     check_common(summary, notebook, n_exits=2, grid_points=17)
-    assert images(notebook) == 2  # Fig. 3, exits and entropies
+    assert images(notebook) == 3  # Fig. 3, exits and entropies, reliability diagrams
+    # The guarantee section (on the committed results/cpu-lenet_mnist outputs).
+    assert "P(accuracy lost vs the last exit > 0.5 pp) <= 0.1" in printed(notebook)
+    assert "ltt-accuracy  violations" in printed(notebook)
     assert summary["baseline_accuracy"] > 0.9 and summary["exit_accuracies"][-1] > 0.9
     assert summary["macs"] == [220_150, 1_247_720] and summary["baseline_macs"] == 1_140_070
 

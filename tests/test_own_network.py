@@ -1,6 +1,8 @@
 """A network of one's own through the CLI, exactly as docs/own_network.md documents it,
 and the ways of writing a network that Chainer users use."""
+import csv
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -41,7 +43,7 @@ def test_the_documented_own_network_runs_to_table_and_plot(tmp_path):
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "Table I rows: build on mnist-5k" in run.stdout and "B-build" in run.stdout
+    assert "Table I rows: my_net on mnist-5k" in run.stdout and "B-my_net" in run.stdout
     for name in ("table_cpu.csv", "sweep_cpu.csv", "tradeoff_cpu.png", "tradeoff_cpu.pdf"):
         assert (out / name).stat().st_size > 0, name
     with open(out / "sweep_cpu.csv") as f:
@@ -106,3 +108,35 @@ def test_import_chainer_first_works_with_the_startup_hook(tmp_path):
                          text=True, env={**os.environ, "PYTHONPATH": ROOT})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["7.8.1", "True"]
+
+
+FOUR_EXITS = os.path.join(ROOT, "tests", "fixtures", "own_network", "four_exit_net.py")
+
+
+def test_a_four_exit_network_times_a_capped_set_of_points_and_says_how_long(tmp_path, capsys):
+    """Issue 20's scenario, test-sized: a 4-exit conv net with BatchNorm and dropout given
+    as FILE.py:build. 17^3 = 4,913 threshold vectors are swept; at most --timed-points of
+    the frontier are timed (the rest predicted), with an estimate printed first; a correct
+    measurement raises no self-consistency warning; tables carry the file's name."""
+    from experiments.run import main
+    out = tmp_path / "four"
+    summary = main(["--network", f"{FOUR_EXITS}:build", "--dataset", "mnist-5k",
+                    "--train-limit", "600", "--test-limit", "300", "--baseline-epochs", "1",
+                    "--branchy-epochs", "1", "--timing-samples", "40", "--timing-rounds", "3",
+                    "--timed-points", "8", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    with open(out / "timing_cpu.json") as f:
+        record = json.load(f)
+    with open(out / "sweep_cpu.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 17 ** 3
+    frontier = [r for r in rows if r["frontier"] == "1"]
+    assert len(frontier) > 8  # more on the frontier than are timed
+    assert 2 <= len(record["points"]) <= 8
+    assert len([r for r in frontier if r["measured_ms"]]) == len(record["points"])
+    assert re.search(r"measuring the baseline, 4 exit paths and \d threshold vector\(s\) on 40 "
+                     r"test samples .*: about \d+ s \(\d+\.\d+ ms per sample", printed), printed
+    assert "warning:" not in printed, printed
+    assert "Table I rows: four_exit_net on mnist-5k" in printed and "B-four_exit_net" in printed
+    assert summary["devices"]["cpu"]["warnings"] == []
+    assert main(["--from-results", str(out)]) is True

@@ -1,22 +1,54 @@
 """Every committed results folder re-derives from its own files, without training or timing.
 
-For each folder under results/ with a timing record, the sweep, frontier, knee and Table I
-CSVs are rebuilt from the committed exit outputs and timing records alone and must be
-identical to the committed CSVs; the committed weights must reproduce the committed exit
-outputs on the first test samples (this reads the dataset: official MNIST and CIFAR-10
-from $BRANCHYNET_DATA).
+For each folder under results/ with a timing record, every derived file (sweep, Table I
+CSV and JSON, summary, and with a validation split the selection and its candidates) is
+rebuilt from the committed exit outputs, timing records and training logs alone and must
+equal the committed one; the committed weights must reproduce the committed exit outputs
+of the test and validation samples: all of them for the small networks, and for the others
+as many as fit in ``VERIFY_MACS`` multiply-adds (at least 100) to keep CI short. This reads
+the dataset: official MNIST and CIFAR-10 from $BRANCHYNET_DATA. Tampering with any derived
+file kind makes the recompute fail, naming the file and the field.
 """
+import csv
 import glob
+import json
 import os
+import shutil
 
+import numpy as np
 import pytest
 
 from experiments.run import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
-                                                                    "timing_*.json")))
-FOLDERS = sorted(set(FOLDERS))
+FOLDERS = sorted(set(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
+                                                                          "timing_*.json"))))
+# Every folder with a sweep, timed by the runner or not (the deploy folders).
+SWEPT = sorted(set(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
+                                                                        "sweep_*.csv"))))
+# Multiply-adds spent per split verifying exit outputs: all 10,000 MNIST test samples of
+# B-LeNet (2.4M per sample, both networks), about 425 of B-AlexNet's, 100 of ResNet-110's.
+VERIFY_MACS = 2.5e10
+
+
+def _contents(folder):
+    """The bytes of a folder's weights and exit outputs (to spot a folder that shares them)."""
+    names = ("baseline.npz", "branchynet.npz", "exit_outputs.npz", "exit_outputs_baseline.npz")
+    return [open(os.path.join(folder, n), "rb").read() for n in names]
+
+
+def samples_to_verify(folder):
+    """All samples where the networks are small, else as many as ``VERIFY_MACS`` allow;
+    100 where an earlier folder has the same weights and exit outputs (a re-timing)."""
+    if any(_contents(other) == _contents(folder) for other in FOLDERS[:FOLDERS.index(folder)]):
+        return "100"
+    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+        costs = json.load(f)["costs"]
+    per_sample = costs["baseline_macs"] + costs["macs"][-1]
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        samples = json.load(f)["samples"]
+    n = int(VERIFY_MACS // per_sample)
+    return "all" if n >= max(samples["test"], samples["val"]) else str(max(100, n))
 
 
 def test_there_are_committed_results():
@@ -25,16 +57,126 @@ def test_there_are_committed_results():
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=os.path.basename)
 def test_committed_folder_recomputes_identically(folder, data_dir, capsys):
-    assert main(["--from-results", folder, "--verify-outputs", "100",
+    assert main(["--from-results", folder, "--verify-outputs", samples_to_verify(folder),
                  "--data-dir", str(data_dir)]) is True, capsys.readouterr().out
     printed = capsys.readouterr().out
-    assert "identical" in printed and "reproduce the committed exit outputs" in printed
+    for name in ("sweep_cpu.csv", "table_cpu.csv", "table_cpu.json", "summary.json"):
+        assert f"{name}: identical" in printed
+    assert "B-net (test): the weights reproduce the committed exit outputs" in printed
+    assert "baseline (test): the weights reproduce the committed exit outputs" in printed
+    if os.path.exists(os.path.join(folder, "exit_outputs_val.npz")):
+        assert "selection_cpu.json: identical" in printed
+        assert "candidates_val_cpu.csv: identical" in printed
+        assert "B-net (validation): the weights reproduce" in printed
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=os.path.basename)
+def test_small_folders_verify_every_test_output():
+    lenet = [f for f in FOLDERS if "lenet" in os.path.basename(f)]
+    assert lenet and all(samples_to_verify(f) == "all" or any(
+        _contents(g) == _contents(f) and samples_to_verify(g) == "all" for g in lenet)
+        for f in lenet)
+
+
+@pytest.mark.parametrize("folder", SWEPT, ids=os.path.basename)
 def test_no_committed_point_is_faster_than_every_path_it_mixes(folder):
     """The review's inconsistency (a knee faster than its own exit-1 path) must not be in
     a committed table: the self-consistency flags of every measured point are empty of it."""
     for path in glob.glob(os.path.join(folder, "sweep_*.csv")):
         with open(path) as f:
             assert "faster-than-its-paths" not in f.read(), path
+
+
+DEPLOY_RECORDS = sorted(glob.glob(os.path.join(ROOT, "results", "*", "deploy_*.json")))
+
+
+@pytest.mark.parametrize("record", DEPLOY_RECORDS,
+                         ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_committed_deploy_timings_recompute_from_their_per_sample_seconds(record, capsys):
+    """docs/deploy.md's figures (each sample's fastest round, the per-round medians, the
+    block-start effect) re-derive from the committed per-sample seconds."""
+    from experiments.deploy import main as deploy
+    tag = os.path.basename(record)[len("deploy_"):-len(".json")]
+    status = deploy(["recompute", "--results", os.path.dirname(record), "--tag", tag])
+    assert status == 0, capsys.readouterr()
+
+
+VAL_FOLDER = os.path.join(ROOT, "results", "cpu-alexnet_cifar10-val")
+
+
+def _tamper_csv(path, column):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    row = next(r for r in rows if r[column])
+    row[column] = repr(float(row[column]) * 1.01)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _tamper_json(path, *keys):
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    inner = doc
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] *= 1.01
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+
+
+TAMPERED = {  # file -> (how, the field the error must name)
+    "sweep_cpu.csv": (lambda p: _tamper_csv(p, "measured_ms"), "column measured_ms"),
+    "table_cpu.csv": (lambda p: _tamper_csv(p, "gain"), "column gain"),
+    "table_cpu.json": (lambda p: _tamper_json(p, "rows", 1, "time_ms"), "$.rows[1].time_ms"),
+    "summary.json": (lambda p: _tamper_json(p, "exit_accuracies", 0), "$.exit_accuracies[0]"),
+    "selection_cpu.json": (lambda p: _tamper_json(p, "selections", 0, "val_accuracy"),
+                           "$.selections[0].val_accuracy"),
+    "candidates_val_cpu.csv": (lambda p: _tamper_csv(p, "val_accuracy"), "column val_accuracy"),
+}
+
+
+@pytest.fixture
+def val_copy(tmp_path):
+    """A copy of the committed folder with a validation split (every derived file kind)."""
+    copy = tmp_path / "folder"
+    shutil.copytree(VAL_FOLDER, copy, ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    return copy
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERED))
+def test_tampering_with_a_derived_file_fails_the_recompute(name, val_copy, capsys):
+    assert main(["--from-results", str(val_copy)]) is True, capsys.readouterr().out
+    capsys.readouterr()
+    tamper, field = TAMPERED[name]
+    tamper(str(val_copy / name))
+    assert main(["--from-results", str(val_copy)]) is False
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and name in errors[0] and field in errors[0], errors
+
+
+def test_tampered_validation_outputs_fail_the_verification(val_copy, data_dir, capsys):
+    """The validation exit outputs are checked against the weights, as the test ones."""
+    from branchynet.sweep import ExitOutputs
+    path = str(val_copy / "exit_outputs_val_baseline.npz")
+    outputs = ExitOutputs.load(path)
+    outputs.scores = outputs.scores.copy()
+    outputs.scores[3, 0] += np.float32(0.01)
+    outputs.save(path)
+    assert main(["--from-results", str(val_copy), "--verify-outputs", "5",
+                 "--data-dir", str(data_dir)]) is False
+    printed = capsys.readouterr().out
+    assert "error: baseline (validation): the weights do not reproduce" in printed
+    assert "scores differ at sample 3, exit 1" in printed
+
+
+# Folders of python -m experiments.run --seeds K: every seed's folder, then the aggregate.
+SEEDS_FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
+                                                                          "seeds.json")))
+
+
+@pytest.mark.parametrize("folder", SEEDS_FOLDERS, ids=os.path.basename)
+def test_committed_seeds_folder_recomputes_identically(folder, data_dir, capsys):
+    assert main(["--from-results", folder, "--verify-outputs", "100",
+                 "--data-dir", str(data_dir)]) is True, capsys.readouterr().out
+    assert "seeds_accuracy.csv: identical" in capsys.readouterr().out

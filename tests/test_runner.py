@@ -103,7 +103,7 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     with open(sweep_csv, "w") as f:
         f.write(original.replace("0.", "0.0", 1))
     assert main(["--from-results", out]) is False
-    assert "sweep_cpu.csv: differs" in capsys.readouterr().out
+    assert "sweep_cpu.csv: row 1, column T1: committed" in capsys.readouterr().out
 
     # Other weights (same name, same settings) make every cache stale: exit outputs and
     # timings are computed again, never reused.

@@ -120,3 +120,23 @@ def test_paper_table_rows():
     assert paper_rows("LeNet")[1]["gain"] == 5.4
     with pytest.raises(ValueError, match="no network 'VGG'.*AlexNet"):
         paper_rows("VGG")
+
+
+def test_pareto_points_drop_dominated_and_duplicate_points():
+    from branchynet.frontier import pareto_points
+    accuracy = [0.90, 0.95, 0.95, 0.93, 0.97, 0.95]
+    runtime = [1.0, 2.0, 2.0, 2.5, 3.0, 1.5]
+    # 1 and 2 are identical (2 dropped), 3 is dominated by 5, 1 by 5 (faster, as accurate).
+    assert pareto_points(accuracy, runtime).tolist() == [0, 5, 4]
+    assert pareto_points(accuracy, runtime, among=[0, 1, 2, 3]).tolist() == [0, 1]
+
+
+def test_timed_points_are_capped_and_spread_over_runtime():
+    from branchynet.frontier import spread_over_runtime
+    runtime = np.r_[np.linspace(1, 1.1, 50), np.linspace(2, 10, 50)]
+    points = np.arange(100)
+    chosen = spread_over_runtime(points, runtime, 10, keep=[7])
+    assert len(chosen) == 10 and {0, 99, 7} <= set(chosen.tolist())
+    # Spread over runtime, not over the index: the 50 points crowded near 1 ms get few.
+    assert (runtime[chosen] < 1.2).sum() <= 3
+    assert spread_over_runtime(points[:5], runtime, 10).tolist() == [0, 1, 2, 3, 4]

@@ -160,6 +160,11 @@ def test_runner_recipe_flags_and_presets():
                            "--weight-decay", "1e-4", "--lr-schedule", "step", "--lr", "0.05"])
     assert args.recipe_obj.weight_decay == 1e-4 and args.recipe_obj.schedule == "step"
     assert args.lr == 0.05 and args.recipe_obj.augment == "crop-flip"
+    args = run.parse_args(["--network", "alexnet_cifar10", "--recipe", "fast"])
+    assert args.recipe_obj == replace(FAST_RECIPE, lr=0.02) and args.batch_size == 128
+    assert (args.baseline_epochs, args.branchy_epochs, args.train_limit, args.test_limit) == (
+        30, 10, 0, 0)
+    assert args.dataset == "cifar10" and args.out.endswith("alexnet_cifar10-cifar10-fast")
     args = run.parse_args(["--network", "lenet_mnist"])
     assert args.recipe_obj == PAPER_RECIPE and args.lr == 0.001 and args.deadline is None
     recorded = {k: v for k, v in args.recipe_obj.to_dict().items() if k != "lr"}

