@@ -19,7 +19,9 @@ The weights do not matter for throughput: both networks start from their initial
 --compare-stock times each network twice more, interleaved in the same rounds: with
 Chainer's own CPU convolution and max pooling (``baseline_stock``, ``joint_stock``) and
 with ``branchynet.cpu_kernels`` (``baseline``, ``joint``), and records the per-round
-speed-up (stock time / fast time) with its [min, max] range:
+speed-up (stock time / fast time) with its [min, max] range. It also times batch-size-1 inference (``BranchyNet.predict``,
+end to end, every sample sent to the last exit so that every layer runs; baseline and
+B-net) on --latency-samples test images with and without the fast kernels, interleaved:
 
     python -m benchmarks.training_throughput --network alexnet_cifar10 --batch-size 128 \
         --compare-stock --blas-threads 1
@@ -38,7 +40,8 @@ from chainer import optimizers  # noqa: E402
 from benchmarks import _common as C  # noqa: E402
 from branchynet import cpu_kernels  # noqa: E402
 from branchynet.net import JointLoss  # noqa: E402
-from branchynet.timing import interleave, spread, synchronize  # noqa: E402
+from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave, spread,  # noqa: E402
+                               synchronize)
 
 DEFAULTS = {
     "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2, "block": 1},
@@ -54,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--compare-stock", action="store_true",
                    help="also time both networks on Chainer's own CPU convolution and max "
                    "pooling, interleaved, and record the speed-up of branchynet.cpu_kernels")
+    p.add_argument("--latency-samples", type=int, default=50,
+                   help="with --compare-stock: test images timed at batch size 1 "
+                   "(default: %(default)s)")
     return C.finish_args(p.parse_args(argv), "training_throughput")
 
 
@@ -80,6 +86,28 @@ class TrainingStep:
             self.optimizer.update(self.model, xb, yb)
             synchronize(self.device)
             return time.perf_counter() - start
+
+
+def compare_latency(args, setup, report, tag):
+    """Batch-size-1 inference with and without the fast kernels, every layer run."""
+    x = setup.data.test_x[:args.latency_samples]
+    variants = {}
+    for key, net in (("baseline", setup.baseline), ("bnet", setup.branchy)):
+        last = forced_exit_thresholds(net.n_exits - 1, net.n_exits)
+        for suffix, flag in (("", True), ("_stock", False)):
+            variants[key + suffix] = C.Within(EndToEnd(net, x, last, args.chainer_device),
+                                              lambda flag=flag: cpu_kernels.enabled(flag))
+    with report.figure("latency_batch1") as fig:
+        t = interleave(variants, len(x), args.timing_rounds, 10, args.warmup)
+        fig.update({"samples": len(x), "path": "every sample to the last exit",
+                    "timing": t.to_json(), **{f"{k}_ms": t.stats(k) for k in variants}})
+        for key in ("baseline", "bnet"):
+            fig[f"{key}_stock_over_fast_time"] = t.ratio(f"{key}_stock", key)
+    for key in ("baseline", "bnet"):
+        C.log(f"{tag}: batch-size-1 {key} inference {fig[f'{key}_ms']['median_ms']:.3f} ms "
+              f"with branchynet.cpu_kernels, {fig[f'{key}_stock_ms']['median_ms']:.3f} ms "
+              f"without: {C.fmt_ratio(fig[f'{key}_stock_over_fast_time'])} "
+              f"{C.timing_note(t)}")
 
 
 def main(argv=None):
@@ -129,6 +157,7 @@ def main(argv=None):
             C.log(f"{tag}: {key} training with branchynet.cpu_kernels is "
                   f"{C.fmt_ratio(fig[f'{key}_stock_over_fast_time'])} as fast as with "
                   f"Chainer's CPU kernels (per-round ratios)")
+        compare_latency(args, setup, report, tag)
     return report.write()
 
 

@@ -247,7 +247,8 @@ def test_training_throughput_against_stock_chainer(common, tmp_path):
     from branchynet import cpu_kernels
     before = dict(cpu_kernels.calls)
     doc = run(training_throughput, common + ["--batch-size", "8", "--iterations", "1",
-                                             "--warmup", "1", "--compare-stock"],
+                                             "--warmup", "1", "--compare-stock",
+                                             "--latency-samples", "4"],
               tmp_path, "training_stock")
     names = ["baseline", "joint", "baseline_stock", "joint_stock"]
     r = check_timing(doc["figures"]["timing"]["timing"], 1, names)
@@ -258,6 +259,11 @@ def test_training_throughput_against_stock_chainer(common, tmp_path):
     for key in ("baseline", "joint"):
         check_ratio(doc["figures"]["speedup"][f"{key}_stock_over_fast_time"],
                     r[f"{key}_stock"], r[key])
+    latency = doc["figures"]["latency_batch1"]
+    r = check_timing(latency["timing"], 4, ["baseline", "bnet", "baseline_stock", "bnet_stock"])
+    for key in ("baseline", "bnet"):
+        check_stats(latency[f"{key}_ms"], r[key])
+        check_ratio(latency[f"{key}_stock_over_fast_time"], r[f"{key}_stock"], r[key])
     assert cpu_kernels.calls["conv"] > before["conv"] and cpu_kernels.is_enabled()
 
 
