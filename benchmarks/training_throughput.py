@@ -16,12 +16,13 @@ defaults use them except where noted.
 
 The weights do not matter for throughput: both networks start from their initialisation.
 
---compare-stock times each network twice more, interleaved in the same rounds: with
-Chainer's own CPU convolution and max pooling (``baseline_stock``, ``joint_stock``) and
-with ``branchynet.cpu_kernels`` (``baseline``, ``joint``), and records the per-round
-speed-up (stock time / fast time) with its [min, max] range. It also times batch-size-1 inference (``BranchyNet.predict``,
-end to end, every sample sent to the last exit so that every layer runs; baseline and
-B-net) on --latency-samples test images with and without the fast kernels, interleaved:
+--compare-stock times each network a second time in the same interleaved rounds, with
+Chainer's own CPU convolution and max pooling (``baseline_stock``, ``joint_stock``) beside
+``branchynet.cpu_kernels`` (``baseline``, ``joint``), and records the per-round
+speed-up (stock time / fast time) with its [min, max] range. It also times batch-size-1
+inference (``BranchyNet.predict``, end to end, every sample sent to the last exit so that
+every layer runs; baseline and B-net) on --latency-samples test images with and without
+the fast kernels, interleaved:
 
     python -m benchmarks.training_throughput --network alexnet_cifar10 --batch-size 128 \
         --compare-stock --blas-threads 1

@@ -3,9 +3,10 @@
 Chainer's CPU convolution gathers im2col columns as (N, C, kh, kw, oh, ow), so
 ``numpy.tensordot`` has to copy them into a GEMM layout on every call, and its input
 gradient scatters from a transposed view. Here the input is moved to NHWC once, the
-patches are gathered straight into a contiguous (N*oh*ow, kh*kw*C) matrix and every
-product is one GEMM; max pooling takes the maximum over kh*kw strided views instead of
-building a column array.
+patches are gathered straight into a contiguous (N*oh*ow, kh*kw*C) matrix, so that the
+output and the weight gradient are one GEMM each, and the input gradient is one GEMM per
+filter tap added in place; max pooling takes the maximum over kh*kw strided views instead
+of building a column array.
 
 ``install()`` (run by ``import branchynet``) replaces only the *CPU forward* of Chainer's
 FunctionNodes: ``Convolution2DFunction`` (y), ``Convolution2DGradW`` (gW),
@@ -30,7 +31,8 @@ from chainer.utils import conv
 from numpy.lib.stride_tricks import as_strided
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
-_enabled = os.environ.get("BRANCHYNET_FAST_CPU", "1").strip().lower() not in ("0", "false", "no", "off")
+_enabled = os.environ.get("BRANCHYNET_FAST_CPU", "1").strip().lower() not in (
+    "0", "false", "no", "off")
 _originals = {}
 calls = {"conv": 0, "conv_grad_w": 0, "deconv": 0, "max_pool": 0, "max_pool_grad": 0}
 """How often each fast kernel ran (tests and benchmarks read it)."""
@@ -70,7 +72,7 @@ def _usable(arrays, layouts=()):
 
 
 # ---------------------------------------------------------------------------------------
-# Convolution in NHWC: one patch gather and one GEMM per product
+# Convolution in NHWC: GEMM-ready patches, no transposing copies of them
 
 
 def _padded_nhwc(x, ph, pw, hp, wp):
