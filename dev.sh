@@ -57,7 +57,7 @@ case "$command" in
           exec .venv/bin/python -m pytest "$@" ;;
     test-numpy1) setup .venv-numpy1 constraints/numpy1.txt test
                  .venv-numpy1/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.26"), numpy.__version__'
-                 exec .venv-numpy1/bin/python -m pytest -q tests/test_routing.py tests/test_sweep.py tests/test_branchynet.py "$@" ;;
+                 exec .venv-numpy1/bin/python -m pytest -q tests/test_routing.py tests/test_sweep.py tests/test_branchynet.py tests/test_cpu_kernels.py "$@" ;;
     notebooks) setup .venv constraints/build.txt
                if [ ! -x .venv/bin/jupyter-lab ]; then
                    echo "Installing JupyterLab into .venv (one time) ..."

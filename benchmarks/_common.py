@@ -30,6 +30,7 @@ import chainer.links as L
 import numpy as np
 from chainer import backend
 
+from branchynet import cpu_kernels
 from branchynet.datasets import cache_dir
 from experiments.experiment import SELECTION_KEYS, Experiment
 from branchynet.io import read_json, write_json
@@ -448,6 +449,7 @@ class Report:
         self.doc = {"benchmark": benchmark, "network": args.network,
                     "device": device_label(device), "machine": machine_info(device),
                     "cpu_cores": os.cpu_count(), "threads": blas_settings(),
+                    "fast_cpu_kernels": cpu_kernels.is_enabled(),
                     "load_at_start": loadavg(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "timing_method": "branchynet.timing.interleave: per figure the median over "

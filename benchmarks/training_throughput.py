@@ -15,6 +15,17 @@ ratio. The paper's batch sizes are 512 (LeNet, AlexNet) and 64 (ResNet); the qui
 defaults use them except where noted.
 
 The weights do not matter for throughput: both networks start from their initialisation.
+
+--compare-stock times each network a second time in the same interleaved rounds, with
+Chainer's own CPU convolution and max pooling (``baseline_stock``, ``joint_stock``) beside
+``branchynet.cpu_kernels`` (``baseline``, ``joint``), and records the per-round
+speed-up (stock time / fast time) with its [min, max] range. It also times batch-size-1
+inference (``BranchyNet.predict``, end to end, every sample sent to the last exit so that
+every layer runs; baseline and B-net) on --latency-samples test images with and without
+the fast kernels, interleaved:
+
+    python -m benchmarks.training_throughput --network alexnet_cifar10 --batch-size 128 \
+        --compare-stock --blas-threads 1
 """
 import os
 import sys
@@ -28,8 +39,10 @@ import numpy as np  # noqa: E402
 from chainer import optimizers  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
+from branchynet import cpu_kernels  # noqa: E402
 from branchynet.net import JointLoss  # noqa: E402
-from branchynet.timing import interleave, spread, synchronize  # noqa: E402
+from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave, spread,  # noqa: E402
+                               synchronize)
 
 DEFAULTS = {
     "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2, "block": 1},
@@ -42,6 +55,12 @@ def parse_args(argv=None):
     p = C.parser(__doc__, DEFAULTS)
     p.add_argument("--batch-size", type=int, help="training batch size (default: the paper's)")
     p.add_argument("--iterations", type=int, help="timed iterations per round")
+    p.add_argument("--compare-stock", action="store_true",
+                   help="also time both networks on Chainer's own CPU convolution and max "
+                   "pooling, interleaved, and record the speed-up of branchynet.cpu_kernels")
+    p.add_argument("--latency-samples", type=int, default=50,
+                   help="with --compare-stock: test images timed at batch size 1 "
+                   "(default: %(default)s)")
     return C.finish_args(p.parse_args(argv), "training_throughput")
 
 
@@ -49,7 +68,8 @@ class TrainingStep:
     """One ``JointLoss`` + Adam iteration on minibatch ``i`` (drawn once, seeded); returns
     its seconds."""
 
-    def __init__(self, net, data, batch_size, device, seed=0):
+    def __init__(self, net, data, batch_size, device, seed=0, fast_cpu=None):
+        self.fast_cpu = fast_cpu
         self.model = JointLoss(net)
         self.model.to_device(device)
         self.optimizer = optimizers.Adam(alpha=0.001)
@@ -61,10 +81,34 @@ class TrainingStep:
         index = self.rng.choice(len(self.x), self.batch_size, replace=False)
         xb, yb = self.device.send(self.x[index]), self.device.send(self.y[index])
         synchronize(self.device)
-        start = time.perf_counter()
-        self.optimizer.update(self.model, xb, yb)
-        synchronize(self.device)
-        return time.perf_counter() - start
+        with cpu_kernels.enabled(cpu_kernels.is_enabled() if self.fast_cpu is None
+                                 else self.fast_cpu):
+            start = time.perf_counter()
+            self.optimizer.update(self.model, xb, yb)
+            synchronize(self.device)
+            return time.perf_counter() - start
+
+
+def compare_latency(args, setup, report, tag):
+    """Batch-size-1 inference with and without the fast kernels, every layer run."""
+    x = setup.data.test_x[:args.latency_samples]
+    variants = {}
+    for key, net in (("baseline", setup.baseline), ("bnet", setup.branchy)):
+        last = forced_exit_thresholds(net.n_exits - 1, net.n_exits)
+        for suffix, flag in (("", True), ("_stock", False)):
+            variants[key + suffix] = C.Within(EndToEnd(net, x, last, args.chainer_device),
+                                              lambda flag=flag: cpu_kernels.enabled(flag))
+    with report.figure("latency_batch1") as fig:
+        t = interleave(variants, len(x), args.timing_rounds, 10, args.warmup)
+        fig.update({"samples": len(x), "path": "every sample to the last exit",
+                    "timing": t.to_json(), **{f"{k}_ms": t.stats(k) for k in variants}})
+        for key in ("baseline", "bnet"):
+            fig[f"{key}_stock_over_fast_time"] = t.ratio(f"{key}_stock", key)
+    for key in ("baseline", "bnet"):
+        C.log(f"{tag}: batch-size-1 {key} inference {fig[f'{key}_ms']['median_ms']:.3f} ms "
+              f"with branchynet.cpu_kernels, {fig[f'{key}_stock_ms']['median_ms']:.3f} ms "
+              f"without: {C.fmt_ratio(fig[f'{key}_stock_over_fast_time'])} "
+              f"{C.timing_note(t)}")
 
 
 def main(argv=None):
@@ -78,11 +122,20 @@ def main(argv=None):
     tag = f"[training_throughput] {setup.spec.name} {report.doc['device']}"
     variants = {"baseline": TrainingStep(setup.baseline, data, args.batch_size, device, args.seed),
                 "joint": TrainingStep(setup.branchy, data, args.batch_size, device, args.seed)}
+    for key in (("baseline", "joint") if args.compare_stock else ()):
+        net = setup.baseline if key == "baseline" else setup.branchy
+        variants[f"{key}_stock"] = TrainingStep(net.copy(mode="copy"), data, args.batch_size,
+                                                device, args.seed, fast_cpu=False)
+        variants[key].fast_cpu = True
     with report.figure("timing") as fig:
         t = interleave(variants, args.iterations, args.timing_rounds, args.block, args.warmup)
         fig.update({"batch_size": args.batch_size, "iterations": args.iterations,
-                    "warmup": args.warmup, "timing": t.to_json()})
-    for key, net in (("baseline", setup.baseline), ("joint", setup.branchy)):
+                    "warmup": args.warmup, "timing": t.to_json(),
+                    "fast_cpu_kernels": {k: cpu_kernels.is_enabled() if v.fast_cpu is None
+                                         else v.fast_cpu for k, v in variants.items()}})
+    nets = {"baseline": setup.baseline, "joint": setup.branchy}
+    for key in variants:
+        net = nets[key.split("_")[0]]
         with report.figure(key) as fig:
             fig.update({"batch_size": args.batch_size,
                         "seconds_per_iteration": spread(t.rounds_ms[key] / 1e3),
@@ -97,6 +150,15 @@ def main(argv=None):
         fig["joint_over_baseline_time"] = t.ratio("joint", "baseline")
     C.log(f"{tag}: a joint iteration takes {C.fmt_ratio(fig['joint_over_baseline_time'])} a "
           f"baseline iteration (per-round ratios)")
+    if args.compare_stock:
+        with report.figure("speedup") as fig:
+            for key in ("baseline", "joint"):
+                fig[f"{key}_stock_over_fast_time"] = t.ratio(f"{key}_stock", key)
+        for key in ("baseline", "joint"):
+            C.log(f"{tag}: {key} training with branchynet.cpu_kernels is "
+                  f"{C.fmt_ratio(fig[f'{key}_stock_over_fast_time'])} as fast as with "
+                  f"Chainer's CPU kernels (per-round ratios)")
+        compare_latency(args, setup, report, tag)
     return report.write()
 
 

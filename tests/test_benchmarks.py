@@ -237,6 +237,34 @@ def test_training_throughput(common, tmp_path):
         check_stats(doc["figures"][key]["images_per_s"], 16e3 / r[key], key="median")
     assert doc["figures"]["joint"]["exits_trained"] == 2
     check_ratio(doc["figures"]["ratio"]["joint_over_baseline_time"], r["joint"], r["baseline"])
+    assert doc["fast_cpu_kernels"] is True
+    assert doc["figures"]["timing"]["fast_cpu_kernels"] == {"baseline": True, "joint": True}
+    assert "speedup" not in doc["figures"]
+
+
+def test_training_throughput_against_stock_chainer(common, tmp_path):
+    """--compare-stock: both networks also on Chainer's kernels, in the same rounds."""
+    from branchynet import cpu_kernels
+    before = dict(cpu_kernels.calls)
+    doc = run(training_throughput, common + ["--batch-size", "8", "--iterations", "1",
+                                             "--warmup", "1", "--compare-stock",
+                                             "--latency-samples", "4"],
+              tmp_path, "training_stock")
+    names = ["baseline", "joint", "baseline_stock", "joint_stock"]
+    r = check_timing(doc["figures"]["timing"]["timing"], 1, names)
+    assert doc["figures"]["timing"]["fast_cpu_kernels"] == {
+        "baseline": True, "joint": True, "baseline_stock": False, "joint_stock": False}
+    for key in names:
+        check_stats(doc["figures"][key]["images_per_s"], 8e3 / r[key], key="median")
+    for key in ("baseline", "joint"):
+        check_ratio(doc["figures"]["speedup"][f"{key}_stock_over_fast_time"],
+                    r[f"{key}_stock"], r[key])
+    latency = doc["figures"]["latency_batch1"]
+    r = check_timing(latency["timing"], 4, ["baseline", "bnet", "baseline_stock", "bnet_stock"])
+    for key in ("baseline", "bnet"):
+        check_stats(latency[f"{key}_ms"], r[key])
+        check_ratio(latency[f"{key}_stock_over_fast_time"], r[f"{key}_stock"], r[key])
+    assert cpu_kernels.calls["conv"] > before["conv"] and cpu_kernels.is_enabled()
 
 
 def test_batch_throughput(common, tmp_path):
