@@ -9,7 +9,9 @@ prints three figures, each the best of 5 repeats of a fixed amount of work on on
   "sum(range(10000))"`` reports);
 * GEMM: a 512 x 512 by 512 x 512 float32 matrix product, in GFLOP/s;
 * LeNet: the baseline LeNet (``networks.lenet_mnist``, seeded random weights) end to end at
-  batch size 1 on 100 MNIST-shaped inputs, in ms per sample, as the runner times it.
+  batch size 1 on 100 MNIST-shaped inputs, in ms per sample, as the runner times it, with
+  Chainer's own CPU kernels (``branchynet.cpu_kernels`` off: the same work whichever
+  version of this project runs it).
 
 A machine where these are k times slower will show the README's times about k times
 slower; a gap far larger than that points at something else (load, thread settings).
@@ -48,13 +50,14 @@ def gemm_gflops(size=GEMM_SIZE, repeats=REPEATS, number=10):
 def lenet_ms(samples=LENET_SAMPLES, repeats=REPEATS):
     """ms per sample of the baseline LeNet end to end at batch size 1 (the best of
     ``repeats`` interleaved rounds over ``samples`` seeded random inputs)."""
+    from branchynet import cpu_kernels
     from branchynet.net import BranchyNet
     from branchynet.timing import EndToEnd, interleave
     from networks import get_network
     np.random.seed(0)
     net = BranchyNet(get_network("lenet_mnist").build(), main_only=True)
     x = np.random.RandomState(0).rand(samples, 1, 28, 28).astype(np.float32)
-    with timing_threads():
+    with timing_threads(), cpu_kernels.enabled(False):
         t = interleave({"lenet": EndToEnd(net, x, [])}, samples, rounds=repeats)
     return float(t.rounds_ms["lenet"].min())
 
@@ -82,8 +85,8 @@ def format_reference(ref):
     return (f"Speed reference ({ref['cpu']}, {ref['cores']} cores, Python {ref['python']}, "
             f"NumPy {ref['numpy']}; {describe(ref['blas'])}; load average {ref['load']}): "
             f"sum(range(10000)) {ref['python_us']:.0f} µs, float32 GEMM {GEMM_SIZE}^3 "
-            f"{ref['gemm_gflops']:.1f} GFLOP/s, LeNet at batch size 1 {ref['lenet_ms']:.3f} ms "
-            f"per sample (each the best of {REPEATS}; python -m experiments.speedref)")
+            f"{ref['gemm_gflops']:.1f} GFLOP/s, LeNet at batch size 1 (Chainer's kernels) "
+            f"{ref['lenet_ms']:.3f} ms per sample (each the best of {REPEATS}; python -m experiments.speedref)")
 
 
 def main(argv=None):
