@@ -1085,6 +1085,8 @@ def training_record(log_path, n_train):
     evaluation = np.cumsum([entry.get("test/seconds", 0.0) for entry in log])
     elapsed = [entry["elapsed_time"] - done for entry, done in zip(log, evaluation)]
     epoch_seconds = np.diff([0.0] + elapsed).tolist()
-    return {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
-            "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1],
-            "evaluation_seconds": float(evaluation[-1])}
+    record = {"epochs": log[-1]["epoch"], "seconds": elapsed[-1], "epoch_seconds": epoch_seconds,
+              "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
+    if any("test/seconds" in entry for entry in log):  # logs from before the curve have none
+        record["evaluation_seconds"] = float(evaluation[-1])
+    return record
