@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from branchynet.datasets._files import file_digest
+from branchynet import cpu_kernels
 from branchynet.report import machine_info
 from branchynet.threads import blas_info, timing_blas
 
@@ -35,13 +36,18 @@ def blas_settings():
 
 
 def machine_key(device):
-    """The parts of ``machine_info`` that change a timing, and the BLAS libraries with the
+    """The parts of ``machine_info`` that change a timing, the BLAS libraries with the
     thread count batch-size-1 timing runs with (set by ``branchynet.threads``, whatever
-    the environment says)."""
+    the environment says), and on the CPU whether ``branchynet.cpu_kernels`` replaced
+    Chainer's convolution and max pooling (records made before it existed have no entry,
+    as with the kernels switched off)."""
     info = machine_info(device)
     keep = ("device", "cpu", "cpu_count", "gpu", "python", "chainer", "numpy", "cupy")
     blas = [{k: p[k] for k in ("internal_api", "version", "num_threads")} for p in timing_blas()]
-    return {**{k: info[k] for k in keep if k in info}, "blas": blas}
+    key = {**{k: info[k] for k in keep if k in info}, "blas": blas}
+    if str(device) == "@numpy" and cpu_kernels.is_enabled():  # Chainer's own CPU kernels: no entry
+        key["cpu_kernels"] = "branchynet.cpu_kernels"
+    return key
 
 
 def differences(old, new, prefix=""):

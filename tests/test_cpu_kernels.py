@@ -273,3 +273,15 @@ def test_gradients_and_double_backward_check_numerically():
     gradient_check.check_double_backward(pool, xp, gyp, rng.standard_normal(xp.shape),
                                          eps=1e-2, atol=1e-6, rtol=1e-6)
     assert all(cpu_kernels.calls[k] > before[k] for k in before)
+
+
+def test_a_timing_key_says_whether_the_fast_kernels_ran():
+    """A timing made with Chainer's kernels is not reused for one with these (and back)."""
+    from branchynet.provenance import machine_key
+    cpu = chainer.get_device("@numpy")
+    with cpu_kernels.enabled(True):
+        fast = machine_key(cpu)
+    with cpu_kernels.enabled(False):
+        stock = machine_key(cpu)
+    assert fast.pop("cpu_kernels") == "branchynet.cpu_kernels"
+    assert "cpu_kernels" not in stock and fast == stock
