@@ -161,7 +161,7 @@ def test_runner_recipe_flags_and_presets():
     assert args.recipe_obj.weight_decay == 1e-4 and args.recipe_obj.schedule == "step"
     assert args.lr == 0.05 and args.recipe_obj.augment == "crop-flip"
     args = run.parse_args(["--network", "alexnet_cifar10", "--recipe", "fast"])
-    assert args.recipe_obj == replace(FAST_RECIPE, lr=0.02) and args.batch_size == 128
+    assert args.recipe_obj == replace(FAST_RECIPE, lr=0.05) and args.batch_size == 128
     assert (args.baseline_epochs, args.branchy_epochs, args.train_limit, args.test_limit) == (
         30, 10, 0, 0)
     assert args.dataset == "cifar10" and args.out.endswith("alexnet_cifar10-cifar10-fast")
