@@ -26,6 +26,7 @@ NOTEBOOKS = {
         "paper": dict(dataset="mnist", train_limit=None, test_limit=None, batch_size=512,
                       baseline_epochs=50, branchy_epochs=100, timing_samples=None),
         "guarantee": "cpu-lenet_mnist",
+        "seeds": "cpu-lenet_mnist-seeds",
     },
     "alexnet_cifar10": {
         "title": "B-AlexNet on CIFAR-10",
@@ -100,6 +101,7 @@ from branchynet.paper import paper_rows
 from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
 from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
                               predict_runtime, threshold_grid)
+from branchynet.threads import training_step, training_threads
 from branchynet.timing import measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
@@ -136,7 +138,13 @@ markers, as in the authors' code. `BranchyNet` compiles it into a shared trunk a
 per exit; with `main_only=True` it is the baseline (trunk + final exit). Multiply-adds count
 one per weight use per sample; a sample leaving at exit n also ran the heads of the exits
 before it."""),
-        code("""np.random.seed(seed)  # Chainer's initialisers draw from NumPy's global generator
+        code("""# BLAS threads for training and batched work, chosen as the runner chooses them
+# (--blas-threads auto: the faster of 1 thread and every core for one training step of
+# a fresh B-net); batch-size-1 timing always runs with one thread (branchynet.threads).
+first_batch = data.train_x[:S["batch_size"]], data.train_y[:S["batch_size"]]
+blas = training_threads("auto", (lambda: training_step(BranchyNet(spec.build()), *first_batch))
+                        if train_device.xp is np else None, "training on a GPU")
+np.random.seed(seed)  # Chainer's initialisers draw from NumPy's global generator
 baseline = BranchyNet(spec.build(), main_only=True)
 branchy = BranchyNet(spec.build())
 costs = exit_path_costs(branchy, data.test_x.shape[1:])
@@ -299,6 +307,8 @@ plt.show()"""),
         ]
     if config.get("guarantee"):
         out += guarantee_cells(config["guarantee"])
+    if config.get("seeds"):
+        out += seeds_cells(config["seeds"])
     out += [
         md("""## The numbers behind the table and plots
 
@@ -406,6 +416,29 @@ for variant, v in validity["variants"].items():
         print(f"{variant:<10} {rule:<13} violations {100 * r['violation_rate']:5.1f}% "
               f"(delta {100 * delta:g}%), predicted {r['mean_predicted_ms']:.3f} ms, "
               f"{r['mean_gain_vs_baseline']:.2f}x the baseline")"""),
+    ]
+
+
+def seeds_cells(folder):
+    """The paper's B-net-minus-baseline difference against seed noise, from a committed
+    ``--seeds`` folder."""
+    md, code = new_markdown_cell, new_code_cell
+    return [
+        md(f"""## Seed noise: how much of the paper's difference is training luck?
+
+The paper's B-LeNet beats its LeNet by 0.05 points (99.25% against 99.20%), one training
+run each. `results/{folder}` holds five seeds of the same setting (all of
+MNIST, batch 64, 5 + 5 epochs; `scripts/reproduce_cpu_results.sh lenet-seeds`): the
+per-seed difference at the paper's T = 0.025, B-LeNet minus the same seed's LeNet, with
+its spread. These cells read the committed aggregate (no training)."""),
+        code(f"""seeds_dir = os.path.join(root, "results", "{folder}")
+seeds = read_json(os.path.join(seeds_dir, "seeds_accuracy.json"))
+with open(os.path.join(seeds_dir, "seeds_accuracy.md")) as f:
+    print(f.read())
+d = seeds["paper"]["difference_pp"]
+print(f"paper: {{seeds['paper']['paper_difference_pp']:+.2f}} pp; here over {{d['seeds']}} seeds: "
+      f"{{d['mean']:+.3f}} ± {{d['std']:.3f}} pp [{{d['min']:+.2f}}, {{d['max']:+.2f}}]; "
+      f"within the seeds' range: {{seeds['paper']['within_range']}}")"""),
     ]
 
 

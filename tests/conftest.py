@@ -1,16 +1,29 @@
-"""Shared fixtures: real MNIST subsets and a small B-LeNet trained by the tests themselves."""
+"""Shared fixtures: real MNIST subsets and a small B-LeNet trained by the tests themselves.
+
+The suite trains many small networks in this process and in child processes (runner
+commands, notebook kernels, MPI ranks) side by side on few cores, where BLAS threading
+oversubscribes them (OpenBLAS at 2 threads made Chainer 5-35x slower on 2 loaded cores):
+every process of the suite runs with one BLAS thread, set here for this process
+(``branchynet.threads``) and in the environment the children inherit, whatever the user's
+environment says.
+"""
 import os
 
-import branchynet  # noqa: F401  (compatibility fixes before chainer)
-import chainer
-import numpy as np
-import pytest
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
 
-from branchynet.datasets import load_dataset
-from branchynet.net import BranchyNet
-from branchynet.training import train
-from networks import get_network
+import branchynet  # noqa: E402,F401  (compatibility fixes before chainer)
+import chainer  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
+from branchynet.datasets import load_dataset  # noqa: E402
+from branchynet.net import BranchyNet  # noqa: E402
+from branchynet.threads import set_blas_threads  # noqa: E402
+from branchynet.training import train  # noqa: E402
+from networks import get_network  # noqa: E402
+
+set_blas_threads(1)  # NumPy may have loaded its BLAS before this file (pytest plugins)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

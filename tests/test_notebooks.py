@@ -77,7 +77,7 @@ def test_lenet_notebook_and_reloading_its_weights(tmp_path):
     # and the accuracies are those of the first run.
     again, notebook = execute("lenet_mnist", tmp_path / "again",
                               results_dir=summary["weights_from"], timing_samples=50)
-    assert "reusing" in printed(notebook) and "training" not in printed(notebook)
+    assert "reusing" in printed(notebook) and "] training" not in printed(notebook)
     assert again["baseline_accuracy"] == summary["baseline_accuracy"]
     assert again["exit_accuracies"] == summary["exit_accuracies"]
 
