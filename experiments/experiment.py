@@ -892,13 +892,16 @@ class Experiment:
 
 
 def _outputs_difference(fresh, committed):
-    """Where freshly computed exit outputs differ from committed ones (None: they agree;
-    scores within float32 rounding of other batch sizes: rtol 1e-4, atol 1e-6)."""
+    """Where freshly computed exit outputs differ from committed ones (None: they agree:
+    the same labels and predictions, and scores within float32 rounding of other batch sizes
+    and other CPU kernels, rtol 1e-3, atol 1e-5: outputs made with Chainer's own convolution
+    drift from ``branchynet.cpu_kernels``' by up to ~4e-4 relative after ResNet-110's 110
+    layers, by ~3e-6 on LeNet and AlexNet)."""
     if not np.array_equal(fresh.labels, committed.labels):
         return f"labels differ at sample {int(np.flatnonzero(fresh.labels != committed.labels)[0])}"
     for name in ("predictions", "scores"):
         a, b = getattr(fresh, name), getattr(committed, name)
-        same = (a == b) if name == "predictions" else np.isclose(a, b, rtol=1e-4, atol=1e-6)
+        same = (a == b) if name == "predictions" else np.isclose(a, b, rtol=1e-3, atol=1e-5)
         if not same.all():
             sample, exit_ = np.argwhere(~same)[0]
             return (f"{name} differ at sample {sample}, exit {exit_ + 1}: committed "

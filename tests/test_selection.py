@@ -280,7 +280,7 @@ def test_runner_selects_on_validation_and_reports_on_test(tiny_run, capsys):
     # Another criterion and search in the same folder reuse the weights; files get a suffix.
     main(TINY + ["--out", out, "--criterion", "margin", "--search", "quantile"])
     printed = capsys.readouterr().out
-    assert "[baseline] reusing" in printed and "training" not in printed
+    assert "[baseline] reusing" in printed and "] training" not in printed
     with open(os.path.join(out, "table_cpu-margin.json")) as f:
         rows = json.load(f)["rows"]
     assert [r["selection"] for r in rows[1:]] == ["test knee", "val knee (quantile)"]
