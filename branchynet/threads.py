@@ -13,7 +13,6 @@ imports); ``threadpoolctl`` sets the thread count of every one of them, whatever
 
 ``blas_info()`` describes the libraries and their current thread counts, for records.
 """
-import contextlib
 import os
 import time
 

@@ -37,7 +37,7 @@ from branchynet.io import read_json, write_json, write_text
 from branchynet.paper import paper_rows
 from branchynet.report import write_csv
 from branchynet.sweep import evaluate_grid
-from experiments.experiment import (ROW_KEYS, TRAINING_KEYS, Experiment, SettingsError,
+from experiments.experiment import (TRAINING_KEYS, Experiment, SettingsError,
                                     _criterion_of, _tag_of, training_record)
 
 SEEDS_FILE = "seeds.json"

@@ -7,31 +7,20 @@ import warnings
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
-import chainer.functions as F
-import chainer.links as L
 import numpy as np
 import pytest
 from chainer import serializers
 
-from branchynet.net import Branch, BranchyNet, JointLoss
+from branchynet.net import JointLoss
 from branchynet.training import CurveEvaluator, Recipe, TimeBudgetExhausted, train
 from experiments import learning_curve
 from experiments.experiment import training_record
+from test_training_recipe import _tiny_net  # a two-exit net with BatchNorm and dropout
 
 CPU = chainer.get_device("@numpy")
 # Dropout and BatchNorm (random and stateful in training mode), and crop-flip.
 RECIPE = Recipe(optimizer="momentum-sgd", lr=0.05, weight_decay=5e-4, schedule="cosine",
                 warmup_epochs=0.5, augment="crop-flip", pad=2)
-
-
-def _tiny_net():
-    return BranchyNet([
-        L.Convolution2D(3, 4, 3, pad=1), L.BatchNormalization(4), F.relu,
-        Branch([L.Linear(256, 5)]),
-        lambda h: F.max_pooling_2d(h, 2), lambda h: F.dropout(h, 0.3),
-        L.Linear(64, 16), F.relu,
-        Branch([L.Linear(16, 5)]),
-    ])
 
 
 def _data(n=96, seed=1):
