@@ -21,9 +21,9 @@ learning-rate schedule and data augmentation. ``PAPER_RECIPE`` is the authors' (
 step 0.001, Chainer's other defaults, nothing else); ``FAST_RECIPE`` a standard CIFAR
 schedule (SGD with momentum, weight decay, warm-up + cosine, crop + flip, see its note).
 Everything random in a recipe (augmentation) is a function of the seed and the
-iteration, so a resumed run draws the same as an uninterrupted one; on a GPU so are the
-dropout masks (CuPy's generator is seeded per iteration), on the CPU NumPy's global state
-travels in the snapshot.
+iteration (and of the rank, in a data-parallel run), so a resumed run draws the same as
+an uninterrupted one; on a GPU so are the dropout masks (CuPy's generator is seeded per
+iteration), on the CPU NumPy's global state travels in the snapshot (``_RecipeUpdater``).
 """
 import dataclasses
 import math
@@ -155,14 +155,21 @@ def crop_flip(x, rng, pad=4):
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _iteration_seed(seed, iteration):
-    """A 32-bit seed for batch ``iteration`` of a run seeded by ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(iteration), 1]).generate_state(1)[0])
+def _entropy(seed, iteration, rank):
+    # Rank 0 keeps the entropy of single-process runs, so their snapshots resume exactly.
+    return [int(seed), int(iteration)] + ([int(rank)] if rank else [])
 
 
-def augmentation_rng(seed, iteration):
-    """The generator of the augmentation of batch ``iteration`` (same on every resume)."""
-    return np.random.default_rng([int(seed), int(iteration)])
+def _iteration_seed(seed, iteration, rank=0):
+    """A 32-bit seed for batch ``iteration`` of rank ``rank`` in a run seeded by ``seed``."""
+    entropy = _entropy(seed, iteration, 0) + [1] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def augmentation_rng(seed, iteration, rank=0):
+    """The generator of the augmentation of batch ``iteration`` on rank ``rank`` (the
+    same on every resume, another one on every rank)."""
+    return np.random.default_rng(_entropy(seed, iteration, rank))
 
 
 class TimeBudgetExhausted(Exception):
@@ -183,12 +190,20 @@ class TimeBudgetExhausted(Exception):
 
 class _RecipeUpdater(training.updaters.StandardUpdater):
     """``StandardUpdater`` that sets the scheduled rate before each update and augments
-    each batch on the host with a generator seeded by (seed, iteration)."""
+    each batch on the host with a generator seeded by (seed, iteration, rank).
 
-    def __init__(self, iterator, optimizer, device, recipe, stage_lr, epochs, n_train, seed):
+    Every rank of a data-parallel run draws its own augmentation and dropout masks (its
+    own samples deserve their own noise): on a GPU CuPy's generator is seeded per
+    iteration and rank; on the CPU rank 0 draws from NumPy's global generator (whose
+    state travels in the snapshot), the other ranks from it seeded per iteration and
+    rank (their state is in no snapshot).
+    """
+
+    def __init__(self, iterator, optimizer, device, recipe, stage_lr, epochs, n_train, seed,
+                 rank=0):
         super().__init__(iterator, optimizer, device=device)
         self.recipe, self.stage_lr, self.epochs = recipe, stage_lr, epochs
-        self.n_train, self.seed = n_train, seed
+        self.n_train, self.seed, self.rank = n_train, seed, rank
         self.rate_name = "alpha" if recipe.optimizer == "adam" else "lr"
 
     def update_core(self):
@@ -197,13 +212,16 @@ class _RecipeUpdater(training.updaters.StandardUpdater):
         progress = self.iteration * iterator.batch_size / self.n_train
         setattr(optimizer, self.rate_name,
                 self.recipe.learning_rate(progress, self.epochs, self.stage_lr))
-        if self.input_device.xp is not np:
-            # CuPy's generator (dropout masks on a GPU) cannot go into a snapshot: seed it
-            # from (seed, iteration), so a resumed run draws the masks an uninterrupted one does.
-            self.input_device.xp.random.seed(_iteration_seed(self.seed, self.iteration))
+        if self.input_device.xp is not np or self.rank:
+            # A generator no snapshot holds (CuPy's; NumPy's on ranks other than 0): seeded
+            # from (seed, iteration, rank), so a resumed run draws the masks an
+            # uninterrupted one does.
+            self.input_device.xp.random.seed(_iteration_seed(self.seed, self.iteration,
+                                                             self.rank))
         x, y = concat_examples(iterator.next())
         if self.recipe.augment == "crop-flip":
-            x = crop_flip(x, augmentation_rng(self.seed, self.iteration), self.recipe.pad)
+            x = crop_flip(x, augmentation_rng(self.seed, self.iteration, self.rank),
+                          self.recipe.pad)
         optimizer.update(optimizer.target, self.input_device.send(x), self.input_device.send(y))
         if self.auto_new_epoch and iterator.is_new_epoch:
             optimizer.new_epoch(auto=True)
@@ -383,7 +401,7 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
     order = chainer.iterators.ShuffleOrderSampler(order_rng)
     iterator = iterators.SerialIterator(dataset, batch_size, order_sampler=order)
     updater = _RecipeUpdater(iterator, optimizer, device, recipe, stage_lr, epochs,
-                             len(dataset), seed)
+                             len(dataset), seed, rank=0 if comm is None else comm.rank)
     # Whether rank 0 has a budget, known to every rank: then all take part in its decisions.
     collective = comm is not None and distributed.agree(comm, deadline is not None)
     stop = _StopTrigger(epochs, deadline, clock, comm if collective else None)

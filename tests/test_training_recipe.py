@@ -120,6 +120,43 @@ def test_budget_stop_mid_epoch_then_resume_equals_uninterrupted(recipe, tmp_path
     assert sorted(os.listdir(tmp_path / "cut"))[-1] == "snapshot_epoch_3"
 
 
+def _one_step(rank, global_seed, recipe):
+    """The weights after one update of ``_tiny_net`` (same initial weights, same batch) by
+    rank ``rank``'s updater, NumPy's global generator seeded ``global_seed`` before it."""
+    from branchynet.net import JointLoss
+    from branchynet.training import _RecipeUpdater, make_optimizer
+    x, y = _data()
+    np.random.seed(0)
+    net = _tiny_net()
+    model = JointLoss(net)
+    optimizer = make_optimizer(recipe, recipe.lr)
+    optimizer.setup(model)
+    iterator = chainer.iterators.SerialIterator(chainer.datasets.TupleDataset(x, y), 32,
+                                                shuffle=False)
+    updater = _RecipeUpdater(iterator, optimizer, CPU, recipe, recipe.lr, 1, len(x), seed=3,
+                             rank=rank)
+    np.random.seed(global_seed)
+    updater.update()
+    return _params(net)
+
+
+@pytest.mark.parametrize("augment", ["none", "crop-flip"])
+def test_each_rank_draws_its_own_dropout_and_augmentation(augment):
+    """Rank 1 of a data-parallel run masks and crops otherwise than rank 0 (before, every
+    rank drew the same masks and crops), and independently of NumPy's global state, which
+    no snapshot keeps for it; rank 0 still draws from that state, as a single process."""
+    recipe = Recipe(optimizer="momentum-sgd", lr=0.1, augment=augment, pad=2)
+    rank0, rank1 = _one_step(0, 5, recipe), _one_step(1, 5, recipe)
+    assert not np.array_equal(rank0["/trunk/0/0/W"], rank1["/trunk/0/0/W"])
+    again = _one_step(1, 6, recipe)
+    assert all(np.array_equal(rank1[n], again[n]) for n in rank1)
+    assert not np.array_equal(rank0["/trunk/0/0/W"], _one_step(0, 6, recipe)["/trunk/0/0/W"])
+    if augment == "crop-flip":  # rank 0's crops are those of a single process
+        x = _data()[0][:32]
+        assert np.array_equal(crop_flip(x, augmentation_rng(3, 0, rank=0), 2),
+                              crop_flip(x, np.random.default_rng([3, 0]), 2))
+
+
 def test_train_or_load_saves_nothing_when_the_budget_stops_it(tmp_path):
     x, y = _data()
     path = str(tmp_path / "baseline.npz")
