@@ -7,7 +7,9 @@ from contextlib import contextmanager
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; move it into place if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it into place if the block succeeds,
+    with the permissions a plain ``open(path, 'w')`` gives (``path``'s own if it exists,
+    else 0o666 less the umask), not ``mkstemp``'s private 0o600."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -15,10 +17,20 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _mode_of(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _mode_of(path):
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_text(path, text):
