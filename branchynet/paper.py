@@ -23,6 +23,18 @@ TABLE_I = [
 ]
 
 
+# The paper's networks as registered here (networks/), by their Table I names.
+NETWORKS = {"lenet_mnist": "LeNet", "alexnet_cifar10": "AlexNet",
+            "resnet110_cifar10": "ResNet-110"}
+
+
+def paper_thresholds(network):
+    """Table I's entropy thresholds (one per early exit; the same on CPU and GPU) for a
+    registered network name such as ``'alexnet_cifar10'``, or None for other networks."""
+    title = NETWORKS.get(network)
+    return next((list(row[5]) for row in TABLE_I if row[1] == f"B-{title}"), None)
+
+
 def paper_rows(title, device="cpu"):
     """Table I's baseline and B-net rows for the network ``title`` ('LeNet', 'AlexNet',
     'ResNet-110') on ``device`` ('cpu', or 'gpu'/'gpu0'/...), as report table rows.

@@ -28,6 +28,7 @@ from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
+from branchynet.paper import paper_thresholds
 from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
 from branchynet.selection import AccuracyFloor, InfeasibleBudget, LatencyBudget, choose
@@ -469,7 +470,17 @@ class Experiment:
         chosen = [self.sweep.thresholds[i] for i in self.timed_indices(selection)]
         chosen += [c.thresholds for _, c in selection["validation"]
                    if not isinstance(c, InfeasibleBudget)]
+        if self.paper_point() is not None:
+            chosen.append(self.paper_point())
         return {point_name(t): [float(v) for v in t] for t in chosen}
+
+    def paper_point(self):
+        """Table I's thresholds, for the paper's own networks with the entropy criterion
+        (timed and tabulated beside the knee: "paper's T"), else None."""
+        thresholds = paper_thresholds(self.spec.name)
+        if self.s.criterion != "entropy" or thresholds is None:
+            return None
+        return thresholds if len(thresholds) == self.outputs.n_exits - 1 else None
 
     def timed_indices(self, selection):
         """Grid indices of the frontier points to time (the knee always among them)."""
@@ -548,6 +559,11 @@ class Experiment:
         rows = [baseline_row, self._point_row(
             "test knee (as paper)" if criterion == "entropy" else "test knee", knee_point,
             100 * self.sweep.accuracy[k], self.sweep.exit_fractions[k])]
+        paper = self.paper_point()
+        if paper is not None and point_name(paper) in measured:  # older records lack it
+            on_test = evaluate_grid(self.outputs, [paper])
+            rows.append(self._point_row(PAPER_T, measured[point_name(paper)],
+                                        100 * on_test.accuracy[0], on_test.exit_fractions[0]))
         marks, selections = [], []
         for rule, chosen in selection["validation"]:
             name = f"val {rule} ({record['settings']['search']})"
@@ -603,9 +619,12 @@ class Experiment:
         """One CSV row per grid point: exact results, predictions, and what was measured."""
         selection, sweep = result["selection"], self.sweep
         frontier = set(int(i) for i in selection["frontier"])
+        paper = self.paper_point()
+        shown = {point_name(paper)} if paper is not None else set()
         rows = []
         for i in range(len(sweep.accuracy)):
-            m = result["measured"].get(point_name(sweep.thresholds[i])) if i in frontier else None
+            name = point_name(sweep.thresholds[i])
+            m = result["measured"].get(name) if i in frontier or name in shown else None
             row = {f"T{n + 1}": sweep.thresholds[i, n] for n in range(sweep.thresholds.shape[1])}
             row.update({f"exit{n + 1}_fraction": f for n, f in enumerate(sweep.exit_fractions[i])})
             row.update(accuracy=sweep.accuracy[i], predicted_ms=selection["predicted"][i],
@@ -912,6 +931,7 @@ def _outputs_difference(fresh, committed):
 # Frontier points timed by default (non-dominated, spread over predicted runtime); the rest
 # of the frontier is predicted from the exit paths (--timed-points, --time-all-points).
 TIMED_POINTS = 25
+PAPER_T = "paper's T (Table I)"  # the row of Table I's thresholds, timed as the knee is
 
 
 def _duration(seconds):

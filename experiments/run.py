@@ -18,10 +18,11 @@ folder are reused when the hashes of the weights and inputs they were made from 
   5. measure, per device: a profile of every exit path at batch size 1 (predicted runtime
      of each grid point, frontier by the authors' inc-points rule, knee by the Kneedle
      rule), then one interleaved measurement of the baseline, every exit path and every
-     frontier point: --timing-rounds rounds, each figure the median over rounds, gains
-     paired per round with their range; self-consistency checks (a point against its
-     prediction and the exit paths it mixes, trunk-only against end to end) are printed
-     as warnings and flagged in the CSVs;
+     frontier point (and, for the paper's three networks with the entropy criterion,
+     Table I's thresholds: the row "paper's T (Table I)"): --timing-rounds rounds, each
+     figure the median over rounds, gains paired per round with their range;
+     self-consistency checks (a point against its prediction and the exit paths it
+     mixes, trunk-only against end to end) are printed as warnings and flagged in the CSVs;
   6. report: Table I rows (stdout, CSV, JSON), sweep CSV, a Fig. 3-style plot (PNG, PDF).
 
 --from-results DIR re-derives every derived file of a results folder (sweep_<dev>.csv,

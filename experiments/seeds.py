@@ -340,14 +340,7 @@ def accuracy_aggregate(exps, seeds):
     the paper's thresholds (for a network in the paper's Table I, entropy criterion)."""
     first = exps[0]
     title, exits = first.spec.title, first.outputs.n_exits
-    paper_t = None
-    if first.s.criterion == "entropy":
-        try:
-            paper_t = paper_rows(title)[1]["thresholds"]
-        except ValueError:
-            pass
-        if paper_t is not None and len(paper_t) != exits - 1:
-            paper_t = None
+    paper_t = first.paper_point()
     per_seed = []
     for exp in exps:
         alone = exp.outputs.exit_accuracies()

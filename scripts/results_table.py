@@ -8,6 +8,12 @@ quartiles, the end-to-end gain with the range of its per-round values (n.s. when
 range includes 1), the trunk-only gain, exits), multiply-adds per sample, and the training
 time per epoch. Everything is read from the
 folder's summary.json and config.json, as written by ``python -m experiments.run``.
+
+    python scripts/results_table.py --beside-paper results/cpu-alexnet_cifar10-converged
+
+prints instead, per folder and device, the rows the paper's Table I has (the baseline, the
+B-net at Table I's thresholds, and the knee by the stated rule) beside Table I's figures
+for that device.
 """
 import argparse
 import json
@@ -59,11 +65,62 @@ def rows(folder):
                f"| {epoch_seconds(summary, 'baseline')} / {epoch_seconds(summary, 'branchynet')} |")
 
 
+def _paper_figures(row):
+    """Table I's accuracy / exits / time / gain, as printed beside a row."""
+    exits = ", ".join(f"{p:g}" for p in row[6]) if row[6] else "-"
+    gain = f"{row[4]:g}x" if row[4] else "-"
+    return f"{row[2]:.2f} / {exits} / {row[3]:g} / {gain}"
+
+
+def beside_paper(folder):
+    """The baseline, paper's-T and knee rows of ``folder`` beside Table I's."""
+    from branchynet.paper import NETWORKS, TABLE_I
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    title = NETWORKS.get(summary["config"]["network"])
+    if title is None:
+        raise SystemExit(f"error: {folder}: {summary['config']['network']} is not one of the "
+                         f"paper's networks ({', '.join(NETWORKS)})")
+    for tag, device in summary["devices"].items():
+        kind = "gpu" if tag.startswith("gpu") else "cpu"
+        paper = {name: row for row in TABLE_I if row[0] == kind for name in [row[1]]}
+        by_selection = {row["selection"]: row for row in device["rows"]}
+        labelled = [(title, device["rows"][0], paper[title])]
+        if "paper's T (Table I)" in by_selection:
+            row = by_selection["paper's T (Table I)"]
+            labelled.append((f"B-{title}, paper's T = {_thresholds(row)}", row, paper[f"B-{title}"]))
+        knee = device["rows"][1]
+        labelled.append((f"B-{title}, knee (stated rule), T = {_thresholds(knee)}", knee, None))
+        for label, row, reference in labelled:
+            exits, gain, trunk_gain = "-", "-", "-"
+            if row["gain"] is not None:  # a B-net row
+                exits = " / ".join(f"{p:.1f}" for p in row["exit_percent"])
+                gain, trunk_gain = _gain(row), f"{row['trunk_gain']:.2f}x"
+            paper_figures = _paper_figures(reference) if reference else "-"
+            yield (f"| {label} | {tag} | {row['accuracy']:.2f} | {exits} | {_time(row)} "
+                   f"| {gain} | {trunk_gain} | {paper_figures} |")
+
+
+def _thresholds(row):
+    return ", ".join(f"{t:g}" for t in row["thresholds"])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="results folders of experiments.run")
+    parser.add_argument("--beside-paper", action="store_true",
+                        help="the rows of Table I (baseline, paper's T, knee) beside the paper's")
     args = parser.parse_args(argv)
+    if args.beside_paper:
+        print("| row | device | acc. (%) | exits (%) | time (ms, median (quartiles)) "
+              "| gain end to end [per-round range] | trunk-only gain "
+              "| paper: acc. / exits (%) / time (ms) / gain |")
+        print("|---|---|---|---|---|---|---|---|")
+        for folder in args.folders:
+            for row in beside_paper(folder):
+                print(row)
+        return
     print("| B-net | setting | device | baseline acc. (%) | knee acc. (%) | knee T | exits (%) "
           "| time baseline → knee (ms, median (quartiles)) | gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
           "| epoch: baseline / joint |")

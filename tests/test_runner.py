@@ -24,8 +24,16 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     with open(os.path.join(out, "table_cpu.json")) as f:
         table = json.load(f)
-    base, knee = table["rows"]
+    base, knee, paper = table["rows"]
     assert base["network"] == "LeNet" and knee["network"] == "B-LeNet"
+    # Table I's T for B-LeNet, timed beside the knee, its accuracy and exits exact.
+    assert paper["selection"] == "paper's T (Table I)" and paper["thresholds"] == [0.025]
+    import csv
+    with open(os.path.join(out, "sweep_cpu.csv")) as f:
+        at = next(r for r in csv.DictReader(f) if float(r["T1"]) == 0.025)
+    assert paper["accuracy"] == pytest.approx(100 * float(at["accuracy"]))
+    assert paper["exit_percent"][0] == pytest.approx(100 * float(at["exit1_fraction"]))
+    assert float(at["measured_ms"]) == pytest.approx(paper["time_ms"])
     assert len(knee["thresholds"]) == 1 and sum(knee["exit_percent"]) == pytest.approx(100)
     with open(os.path.join(out, "timing_cpu.json")) as f:
         timing = json.load(f)
@@ -35,7 +43,8 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     # the gain is paired round by round (not a ratio of two medians).
     assert timing["measurement"]["rounds"] == 5 and timing["measurement"]["samples"] == 40
     assert set(rounds) >= {"baseline", "baseline_trunk", "exit1", "exit1_trunk", "exit2",
-                           "exit2_trunk", knee_name}
+                           "exit2_trunk", knee_name, "T=0.025"}
+    assert paper["time_ms"] == pytest.approx(np.median(rounds["T=0.025"]))
     assert all(len(r) == 5 for r in rounds.values())
     assert base["time_ms"] == pytest.approx(np.median(rounds["baseline"]))
     assert knee["time_ms"] == pytest.approx(np.median(rounds[knee_name]))
@@ -82,6 +91,14 @@ def test_runner_end_to_end_and_resume(tmp_path, capsys):
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| B-LeNet | mnist-5k (640 train / 200 test), batch 32, 1 + 1 epochs | cpu |")
     assert f"| {base['accuracy']:.2f} | {knee['accuracy']:.2f} |" in row
+    runpy.run_path(table_script)["main"](["--beside-paper", out])
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| LeNet", "| B-LeNet, paper's T = 0.025",
+        f"| B-LeNet, knee (stated rule), T = {knee['thresholds'][0]:g}"]
+    assert lines[0].endswith("| 99.20 / - / 3.37 / - |")
+    assert lines[1].endswith("| 99.25 / 94.3, 5.63 / 0.62 / 5.4x |")
+    assert f"| {paper['accuracy']:.2f} | {paper['exit_percent'][0]:.1f} / " in lines[1]
 
     # A second run reuses the trained weights, cached outputs and timings.
     main(TINY + ["--out", out])
