@@ -4,6 +4,7 @@ Cached exit outputs and timings carry such a key; a cache whose key differs from
 current one is stale and is recomputed, never reused.
 """
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -44,10 +45,27 @@ def machine_key(device):
     info = machine_info(device)
     keep = ("device", "cpu", "cpu_count", "gpu", "python", "chainer", "numpy", "cupy")
     blas = [{k: p[k] for k in ("internal_api", "version", "num_threads")} for p in timing_blas()]
-    key = {**{k: info[k] for k in keep if k in info}, "blas": blas}
+    key = {**{k: info[k] for k in keep if k in info}, "blas": _sorted_blas(blas)}
     if str(device) == "@numpy" and cpu_kernels.is_enabled():  # Chainer's own CPU kernels: no entry
         key["cpu_kernels"] = "branchynet.cpu_kernels"
     return key
+
+
+def _sorted_blas(blas):
+    # threadpoolctl lists the libraries in the order they were loaded, which depends on
+    # what the process imported first: the same machine must give the same key.
+    return sorted(blas, key=lambda p: json.dumps(p, sort_keys=True))
+
+
+def canonical_key(key):
+    """A timing record's key with its machine's BLAS libraries in ``machine_key``'s order
+    (records written before that order was fixed list them as loaded), for comparisons."""
+    if not isinstance(key, dict) or not isinstance(key.get("machine"), dict):
+        return key
+    machine = dict(key["machine"])
+    if isinstance(machine.get("blas"), list):
+        machine["blas"] = _sorted_blas(machine["blas"])
+    return {**key, "machine": machine}
 
 
 def differences(old, new, prefix=""):

@@ -29,7 +29,8 @@ from branchynet.frontier import inc_points, knee, pareto_points, spread_over_run
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
 from branchynet.paper import paper_thresholds
-from branchynet.provenance import array_sha256, differences, file_sha256, machine_key
+from branchynet.provenance import (array_sha256, canonical_key, differences, file_sha256,
+                                   machine_key)
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
 from branchynet.selection import AccuracyFloor, InfeasibleBudget, LatencyBudget, choose
 from branchynet.threads import thread_count, training_step, training_threads
@@ -415,7 +416,8 @@ class Experiment:
         show = not s.no_progress
 
         profile_key = {**base_key, "inputs": array_sha256(path_x), "samples": len(path_x)}
-        if old.get("profile_key") == profile_key:
+        if canonical_key(old.get("profile_key")) == profile_key:
+            profile_key = old["profile_key"]  # kept as written
             profile = Interleaved.from_json(old["profile"])
         else:
             if old:
@@ -436,7 +438,7 @@ class Experiment:
 
         measurement_key = {**base_key, "inputs": array_sha256(timed_x), "samples": len(timed_x),
                            "points": sorted(points)}
-        old_key = dict(old.get("measurement_key") or {})
+        old_key = dict(canonical_key(old.get("measurement_key")) or {})
         if old_key.pop("points", None) is not None and set(points) <= set(
                 old.get("points", {})) and old_key == {k: v for k, v in measurement_key.items()
                                                          if k != "points"}:
@@ -559,12 +561,15 @@ class Experiment:
         rows = [baseline_row, self._point_row(
             "test knee (as paper)" if criterion == "entropy" else "test knee", knee_point,
             100 * self.sweep.accuracy[k], self.sweep.exit_fractions[k])]
+        marks, selections = [], []
         paper = self.paper_point()
         if paper is not None and point_name(paper) in measured:  # older records lack it
             on_test = evaluate_grid(self.outputs, [paper])
-            rows.append(self._point_row(PAPER_T, measured[point_name(paper)],
-                                        100 * on_test.accuracy[0], on_test.exit_fractions[0]))
-        marks, selections = [], []
+            point = measured[point_name(paper)]
+            rows.append(self._point_row(PAPER_T, point, 100 * on_test.accuracy[0],
+                                        on_test.exit_fractions[0]))
+            marks.append((f"paper's T = {', '.join(f'{t:g}' for t in paper)}",
+                          point["stats"]["median_ms"], 100 * on_test.accuracy[0]))
         for rule, chosen in selection["validation"]:
             name = f"val {rule} ({record['settings']['search']})"
             if isinstance(chosen, InfeasibleBudget):
