@@ -1,6 +1,7 @@
 """Write the three replication notebooks from one template (nbformat), without outputs.
 
     python notebooks/make_notebooks.py            # writes notebooks/<network>.ipynb
+    python notebooks/make_notebooks.py alexnet_cifar10   # only that one
     scripts/run_notebooks.sh                       # then executes them in place (papermill)
 
 Each notebook walks through one experiment of the paper with the library's public API:
@@ -9,6 +10,7 @@ frontier and knee, Table I beside the paper's row, and the paper's plots. Only t
 settings, the titles and the B-AlexNet Fig. 4 section differ between the three.
 """
 import os
+import sys
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -70,18 +72,22 @@ grid exactly from the cached outputs, find the frontier and the knee; 5. print T
 beside the paper's rows; 6. plot.
 
 **Settings.** `setting = "quick"` ({config["quick_note"]}) runs top to bottom on a CPU in
-minutes; `setting = "paper"` uses the authors' settings (a GPU is strongly recommended). The
+minutes; `setting = "paper"` uses the authors' settings (a GPU is strongly recommended);
+`results_dir` = a folder of the runner (`python -m experiments.run --out DIR`) loads its
+weights and takes its data and training settings from its `config.json` instead. The
 stored outputs come from the run whose setting and machine the next cells print.
 
 Run headless with papermill, e.g. `.venv/bin/papermill notebooks/{network}.ipynb out.ipynb -p
-setting paper -p data_dir ../shared/data`."""),
+setting paper -p data_dir ../shared/data`, or on a results folder `-p results_dir
+$PWD/results/FOLDER`."""),
         code("""# Parameters (papermill: -p NAME VALUE)
 setting = "quick"      # "quick": minutes on a CPU; "paper": the authors' settings
-results_dir = None     # a runner results folder to load baseline.npz / branchynet.npz from
+results_dir = None     # a folder with baseline.npz, branchynet.npz (a runner's: and its config.json settings)
 work_dir = None        # where it trains and keeps weights (None: results/notebook-<network>-<setting>)
 data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache (downloads)
 timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
 timing_rounds = 5      # interleaved timing rounds; every latency is their median
+timed_points = 25      # frontier points timed at most (the knee always among them), as the runner
 network = None         # another network on this data: FILE.py:NAME, package.module:NAME, a name
 seed = 0"""),
         code(f"""%matplotlib inline
@@ -95,9 +101,10 @@ import numpy as np
 from branchynet.datasets import load_dataset
 from branchynet.devices import available_devices
 from branchynet.flops import exit_path_costs, expected_macs
-from branchynet.frontier import inc_points, knee
+from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
+from branchynet.io import read_json
 from branchynet.net import BranchyNet
-from branchynet.paper import paper_rows
+from branchynet.paper import paper_rows, paper_thresholds
 from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
 from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
                               predict_runtime, threshold_grid)
@@ -111,9 +118,16 @@ SETTINGS = {{
     "quick": {config["quick"]!r},
     "paper": {config["paper"]!r},
 }}
-if setting not in SETTINGS:
+if results_dir and os.path.exists(os.path.join(results_dir, "config.json")):
+    # A folder of the runner: its own settings, whatever `setting` says.
+    folder_config = read_json(os.path.join(results_dir, "config.json"))
+    NETWORK = network or folder_config["network"]
+    setting = os.path.basename(os.path.normpath(results_dir))
+    S = {{key: folder_config[key] or None for key in SETTINGS["quick"]}}
+elif setting not in SETTINGS:
     raise ValueError(f"setting must be one of {{list(SETTINGS)}}, not {{setting!r}}")
-S = dict(SETTINGS[setting])
+else:
+    S = dict(SETTINGS[setting])
 S["timing_samples"] = timing_samples or S["timing_samples"]
 spec = get_network(NETWORK)
 # Paths are relative to the repository root, also when Jupyter starts in notebooks/.
@@ -179,12 +193,17 @@ are kept, and every threshold vector of the paper's grid is evaluated exactly fr
 arrays. Each exit path (trunk to exit n, its head, softmax, entropy and the exit decisions
 before it) is timed at batch size 1, end to end, and a grid point's runtime is predicted from
 its exit fractions. The frontier is the authors' "inc points" rule; the knee is its point
-farthest above the chord between its ends (Kneedle). The frontier points are then measured
-for real with early-exit inference at batch size 1."""),
+farthest above the chord between its ends (Kneedle). The non-dominated frontier points (at
+most `timed_points`, spread over runtime, the knee among them) and, for the paper's
+networks, Table I's thresholds are then measured for real with early-exit inference at
+batch size 1."""),
         code("""outputs = collect_exit_outputs(branchy.to_device(train_device), data.test_x, data.test_y)
 baseline_accuracy = collect_exit_outputs(baseline.to_device(train_device), data.test_x,
                                          data.test_y).exit_accuracies()[0]
 sweep = evaluate_grid(outputs, threshold_grid(spec.grid, branchy.n_exits))
+# Table I's thresholds for the paper's own networks (None for others).
+paper_t = paper_thresholds(spec.name)
+paper_t = paper_t if paper_t is not None and len(paper_t) == branchy.n_exits - 1 else None
 print(f"test accuracy: baseline {100 * baseline_accuracy:.2f}%, each exit alone "
       + ", ".join(f"{100 * a:.2f}%" for a in outputs.exit_accuracies())
       + f"; {len(sweep.accuracy)} grid points")
@@ -202,7 +221,13 @@ for device in devices:
     r["predicted_ms"] = predict_runtime(sweep.exit_fractions, r["path_ms"])
     r["frontier"] = inc_points(sweep.accuracy, r["predicted_ms"], spec.inc_amt)
     r["knee"] = knee(sweep.accuracy, r["predicted_ms"], r["frontier"])
-    points = {int(i): sweep.thresholds[i].tolist() for i in r["frontier"]}
+    # The non-dominated frontier points, at most timed_points of them spread over runtime
+    # (the knee always), and Table I's thresholds ("paper"), as the runner times them.
+    pareto = pareto_points(sweep.accuracy, r["predicted_ms"], among=r["frontier"])
+    timed = spread_over_runtime(pareto, r["predicted_ms"], timed_points, keep=[r["knee"]])
+    points = {int(i): sweep.thresholds[i].tolist() for i in sorted(set(timed) | {r["knee"]})}
+    if paper_t is not None:
+        points["paper"] = paper_t
     r["timings"], _ = measure_latency(branchy, baseline, timed_x, device, points=points,
                                       rounds=timing_rounds)
     r["measured"] = {i: r["timings"].stats(i) for i in points}
@@ -221,26 +246,37 @@ predicted from the exit fractions. `Trunk-only` is the authors' accounting (trun
 the one to set beside the paper's times, which were measured on other hardware (a 3.0 GHz
 CPU and a GTX TITAN X); compare gains and exit fractions rather than milliseconds.
 `MACs(M)` is the expected multiply-adds per sample."""),
-        code("""for label, r in results.items():
+        code("""def bnet_row(r, selection, key, thresholds):
+    \"\"\"A Table I row of the B-net at ``thresholds``, timed as ``key``.\"\"\"
+    at = evaluate_grid(outputs, [thresholds])
+    fractions, t = at.exit_fractions[0], r["timings"]
+    point, gain = r["measured"][key], t.ratio("baseline", key)
+    trunk = t.combine({f"exit{n + 1}_trunk": f for n, f in enumerate(fractions)})
+    return {"network": "B-" + spec.title, "selection": selection,
+            "accuracy": 100 * at.accuracy[0], "time_ms": point["median_ms"],
+            "time_q1_ms": point["q1_ms"], "time_q3_ms": point["q3_ms"],
+            "gain": gain["median"], "gain_low": gain["low"], "gain_high": gain["high"],
+            "gain_significant": gain["significant"],
+            "thresholds": list(thresholds), "exit_percent": (100 * fractions).tolist(),
+            "predicted_ms": predict_runtime(fractions, r["path_ms"]),
+            "trunk_ms": float(np.median(trunk)),
+            "trunk_gain": t.ratio("baseline_trunk", trunk)["median"],
+            "macs": expected_macs(fractions, costs["macs"])}
+
+
+for label, r in results.items():
     k, t = r["knee"], r["timings"]
     fractions = sweep.exit_fractions[k]
-    base, point, gain = t.stats("baseline"), r["measured"][k], t.ratio("baseline", k)
-    trunk = t.combine({f"exit{n + 1}_trunk": f for n, f in enumerate(fractions)})
+    base = t.stats("baseline")
     rows = [
         {"network": spec.title, "selection": "this run", "accuracy": 100 * baseline_accuracy,
          "time_ms": base["median_ms"], "time_q1_ms": base["q1_ms"], "time_q3_ms": base["q3_ms"],
          "trunk_ms": t.median("baseline_trunk"), "macs": baseline_macs},
-        {"network": "B-" + spec.title, "selection": "this run (knee)",
-         "accuracy": 100 * sweep.accuracy[k], "time_ms": point["median_ms"],
-         "time_q1_ms": point["q1_ms"], "time_q3_ms": point["q3_ms"],
-         "gain": gain["median"], "gain_low": gain["low"], "gain_high": gain["high"],
-         "gain_significant": gain["significant"],
-         "thresholds": sweep.thresholds[k].tolist(), "exit_percent": (100 * fractions).tolist(),
-         "predicted_ms": predict_runtime(fractions, r["path_ms"]),
-         "trunk_ms": float(np.median(trunk)),
-         "trunk_gain": t.ratio("baseline_trunk", trunk)["median"],
-         "macs": expected_macs(fractions, costs["macs"])},
-    ] + paper_rows(spec.title, label)
+        bnet_row(r, "this run (knee)", k, sweep.thresholds[k].tolist()),
+    ]
+    if paper_t is not None:
+        rows.append(bnet_row(r, "this run (paper's T)", "paper", paper_t))
+    rows += paper_rows(spec.title, label)
     print(format_table(rows, f"Table I, {label}, setting {setting!r}") + "\\n")
     if fractions.max() == 1:
         print(f"note: the knee sends every test sample out at exit {fractions.argmax() + 1}: "
@@ -249,10 +285,11 @@ CPU and a GTX TITAN X); compare gains and exit fractions rather than millisecond
         md("""## 6. Plots
 
 Fig. 3: accuracy versus runtime per device: every grid point (predicted runtime), the
-frontier (measured), the baseline (diamond) and the knee (star)."""),
+frontier (predicted, dashed; the timed points with their quartiles), the baseline
+(diamond), the knee (star) and, for the paper's networks, Table I's thresholds."""),
         code("""fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
 for ax, (label, r) in zip(axes[0], results.items()):
-    front, k = r["frontier"], r["knee"]
+    front, k = [i for i in r["frontier"] if i in r["measured"]], r["knee"]
     err = lambda m: (m["median_ms"] - m["q1_ms"], m["q3_ms"] - m["median_ms"])
     base = r["timings"].stats("baseline")
     tradeoff_figure(f"{spec.title} ({S['dataset']}), {label}", r["predicted_ms"],
@@ -260,7 +297,13 @@ for ax, (label, r) in zip(axes[0], results.items()):
                     100 * sweep.accuracy[front], (base["median_ms"], 100 * baseline_accuracy),
                     (r["measured"][k]["median_ms"], 100 * sweep.accuracy[k]),
                     labels=("B-" + spec.title, spec.title), ax=ax,
-                    frontier_err=[err(r["measured"][i]) for i in front], baseline_err=err(base))
+                    frontier_err=[err(r["measured"][i]) for i in front], baseline_err=err(base),
+                    predicted_frontier=(r["predicted_ms"][r["frontier"]],
+                                        100 * sweep.accuracy[r["frontier"]]),
+                    marks=[(f"paper's T = {', '.join(f'{v:g}' for v in paper_t)}",
+                            r["measured"]["paper"]["median_ms"],
+                            100 * evaluate_grid(outputs, [paper_t]).accuracy[0])]
+                    if paper_t is not None else ())
 plt.show()"""),
         md("""Where the test samples leave at the knee, and the entropy each exit sees (the
 threshold in force there as a dashed line; samples left of it leave at that exit)."""),
@@ -442,8 +485,14 @@ print(f"paper: {{seeds['paper']['paper_difference_pp']:+.2f}} pp; here over {{d[
     ]
 
 
-def main():
+def main(names=()):
+    unknown = set(names) - set(NOTEBOOKS)
+    if unknown:
+        raise SystemExit(f"error: no notebook {', '.join(sorted(unknown))}; "
+                         f"the notebooks are {', '.join(NOTEBOOKS)}")
     for network, config in NOTEBOOKS.items():
+        if names and network not in names:
+            continue
         nb = new_notebook(cells=cells(network, config))
         nb.cells[1].metadata["tags"] = ["parameters"]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -455,4 +504,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

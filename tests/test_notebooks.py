@@ -44,23 +44,27 @@ def printed(notebook):
                    for output in cell.get("outputs", []))
 
 
-def check_common(summary, notebook, n_exits, grid_points):
-    assert summary["setting"] == "quick" and summary["grid_points"] == grid_points
+def check_common(summary, notebook, n_exits, grid_points, setting="quick"):
+    assert summary["setting"] == setting and summary["grid_points"] == grid_points
     assert len(summary["exit_accuracies"]) == n_exits == len(summary["macs"])
     cpu = summary["devices"]["cpu"]
     assert cpu["knee"] in cpu["frontier"] and str(cpu["knee"]) in cpu["measured_ms"]
     assert sum(cpu["knee_exit_fractions"]) == pytest.approx(1)
-    # Every frontier point was measured in the interleaved rounds, and its figure is the
-    # median of its rounds.
+    # Frontier points (at most 25, the knee among them) and Table I's thresholds were
+    # measured in the interleaved rounds, and each figure is the median of its rounds.
     rounds = cpu["rounds_ms"]
+    timed = set(cpu["measured_ms"]) - {"paper"}
+    assert "paper" in cpu["measured_ms"] and str(cpu["knee"]) in timed
+    assert timed <= {str(i) for i in cpu["frontier"]}
+    assert len(timed) <= 25  # the non-dominated ones, spread over runtime
     assert cpu["timing_rounds"] == 3 and all(len(r) == 3 for r in rounds.values())
-    assert set(rounds) == ({"baseline", "baseline_trunk"} | {str(i) for i in cpu["frontier"]}
+    assert set(rounds) == ({"baseline", "baseline_trunk"} | set(cpu["measured_ms"])
                            | {f"exit{n + 1}{s}" for n in range(n_exits) for s in ("", "_trunk")})
     for i, ms in cpu["measured_ms"].items():
         assert ms == pytest.approx(sorted(rounds[i])[1])
     text = printed(notebook)
-    assert "Table I, cpu, setting 'quick'" in text and "paper (cpu)" in text
-    assert "this run (knee)" in text
+    assert f"Table I, cpu, setting {setting!r}" in text and "paper (cpu)" in text
+    assert "this run (knee)" in text and "this run (paper's T)" in text
 
 
 def test_lenet_notebook_and_reloading_its_weights(tmp_path):
@@ -87,7 +91,10 @@ def test_alexnet_notebook(tmp_path, data_dir):
     # tests/test_results.py checks they reproduce its outputs): no CIFAR training here.
     summary, notebook = execute("alexnet_cifar10", tmp_path, data_dir=str(data_dir),
                                 results_dir=os.path.join(ROOT, "results", "cpu-alexnet_cifar10"))
-    check_common(summary, notebook, n_exits=3, grid_points=11 ** 2)
+    check_common(summary, notebook, n_exits=3, grid_points=11 ** 2,
+                 setting="cpu-alexnet_cifar10")
+    # The folder's settings (config.json), not the quick setting's: all 10,000 test images.
+    assert summary["settings"]["train_limit"] == 10_000 and summary["settings"]["test_limit"] is None
     assert images(notebook) == 3  # Fig. 3, exits and entropies, Fig. 4
     # Briefly trained (10,000 images, 3 + 3 epochs): far from the paper, above chance (10%).
     assert max(summary["exit_accuracies"]) > 0.2
@@ -98,7 +105,9 @@ def test_alexnet_notebook(tmp_path, data_dir):
 def test_resnet_notebook(tmp_path, data_dir):
     summary, notebook = execute("resnet110_cifar10", tmp_path, data_dir=str(data_dir),
                                 results_dir=os.path.join(ROOT, "results", "cpu-resnet110_cifar10"))
-    check_common(summary, notebook, n_exits=3, grid_points=17 ** 2)
+    check_common(summary, notebook, n_exits=3, grid_points=17 ** 2,
+                 setting="cpu-resnet110_cifar10")
+    assert summary["settings"]["test_limit"] == 2_000
     assert images(notebook) == 2
     assert summary["macs"][0] == 48_600_000 and summary["baseline_macs"] == 232_411_968
     assert "[branchynet] reusing" in printed(notebook)
