@@ -23,6 +23,10 @@ TABLE_I = [
 ]
 
 
+# The selection of the row of Table I's thresholds in this project's tables (timed as the
+# knee is; experiments.experiment).
+PAPER_T = "paper's T (Table I)"
+
 # The paper's networks as registered here (networks/), by their Table I names.
 NETWORKS = {"lenet_mnist": "LeNet", "alexnet_cifar10": "AlexNet",
             "resnet110_cifar10": "ResNet-110"}

@@ -28,7 +28,7 @@ from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
-from branchynet.paper import paper_thresholds
+from branchynet.paper import PAPER_T, paper_thresholds
 from branchynet.provenance import (array_sha256, canonical_key, differences, file_sha256,
                                    machine_key)
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
@@ -936,7 +936,6 @@ def _outputs_difference(fresh, committed):
 # Frontier points timed by default (non-dominated, spread over predicted runtime); the rest
 # of the frontier is predicted from the exit paths (--timed-points, --time-all-points).
 TIMED_POINTS = 25
-PAPER_T = "paper's T (Table I)"  # the row of Table I's thresholds, timed as the knee is
 
 
 def _duration(seconds):

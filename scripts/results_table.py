@@ -74,7 +74,7 @@ def _paper_figures(row):
 
 def beside_paper(folder):
     """The baseline, paper's-T and knee rows of ``folder`` beside Table I's."""
-    from branchynet.paper import NETWORKS, TABLE_I
+    from branchynet.paper import NETWORKS, PAPER_T, TABLE_I
     with open(os.path.join(folder, "summary.json")) as f:
         summary = json.load(f)
     title = NETWORKS.get(summary["config"]["network"])
@@ -83,11 +83,11 @@ def beside_paper(folder):
                          f"paper's networks ({', '.join(NETWORKS)})")
     for tag, device in summary["devices"].items():
         kind = "gpu" if tag.startswith("gpu") else "cpu"
-        paper = {name: row for row in TABLE_I if row[0] == kind for name in [row[1]]}
+        paper = {row[1]: row for row in TABLE_I if row[0] == kind}
         by_selection = {row["selection"]: row for row in device["rows"]}
         labelled = [(title, device["rows"][0], paper[title])]
-        if "paper's T (Table I)" in by_selection:
-            row = by_selection["paper's T (Table I)"]
+        if PAPER_T in by_selection:
+            row = by_selection[PAPER_T]
             labelled.append((f"B-{title}, paper's T = {_thresholds(row)}", row, paper[f"B-{title}"]))
         knee = device["rows"][1]
         labelled.append((f"B-{title}, knee (stated rule), T = {_thresholds(knee)}", knee, None))
