@@ -157,9 +157,10 @@ class Interleaved:
     def ratio(self, numerator, denominator):
         """Per-round ``numerator / denominator``: median and [min, max] interval; a ratio
         whose interval includes 1 is not significant. Either side may be a variant's name
-        or an array of per-round ms (e.g. from ``combine``)."""
-        a = self.rounds_ms[numerator] if isinstance(numerator, str) else np.asarray(numerator)
-        b = self.rounds_ms[denominator] if isinstance(denominator, str) else np.asarray(denominator)
+        (any key of ``rounds_ms``, e.g. a grid index) or an array of per-round ms (e.g. from
+        ``combine``); a name not measured raises ``KeyError``."""
+        a, b = (np.asarray(side, np.float64) if isinstance(side, (np.ndarray, list, tuple))
+                else self.rounds_ms[side] for side in (numerator, denominator))
         return ratio_summary(a / b)
 
     def to_json(self):

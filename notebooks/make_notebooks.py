@@ -88,6 +88,7 @@ data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache 
 timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
 timing_rounds = 5      # interleaved timing rounds; every latency is their median
 timed_points = 25      # frontier points timed at most (the knee always among them), as the runner
+remeasure = False      # with a runner folder's timing record for these weights: time again anyway
 network = None         # another network on this data: FILE.py:NAME, package.module:NAME, a name
 seed = 0"""),
         code(f"""%matplotlib inline
@@ -109,7 +110,8 @@ from branchynet.report import device_label, format_table, machine_info, tradeoff
 from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
                               predict_runtime, threshold_grid)
 from branchynet.threads import training_step, training_threads
-from branchynet.timing import measure_latency, path_summary
+from branchynet.provenance import array_sha256, file_sha256
+from branchynet.timing import Interleaved, measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
 
@@ -196,7 +198,9 @@ its exit fractions. The frontier is the authors' "inc points" rule; the knee is 
 farthest above the chord between its ends (Kneedle). The non-dominated frontier points (at
 most `timed_points`, spread over runtime, the knee among them) and, for the paper's
 networks, Table I's thresholds are then measured for real with early-exit inference at
-batch size 1."""),
+batch size 1. On a runner folder whose `timing_<device>.json` timed these weights on these
+samples, its profile and rounds are taken instead (`remeasure = True` times again), so the
+notebook shows the folder's own measurement."""),
         code("""outputs = collect_exit_outputs(branchy.to_device(train_device), data.test_x, data.test_y)
 baseline_accuracy = collect_exit_outputs(baseline.to_device(train_device), data.test_x,
                                          data.test_y).exit_accuracies()[0]
@@ -209,14 +213,41 @@ print(f"test accuracy: baseline {100 * baseline_accuracy:.2f}%, each exit alone 
       + f"; {len(sweep.accuracy)} grid points")
 
 timed_x = data.test_x[:S["timing_samples"]]
+
+
+def point_name(thresholds):
+    \"\"\"A threshold vector's name in the runner's timing records.\"\"\"
+    return "T=" + ",".join(repr(float(t)) for t in thresholds)
+
+
+def folder_timing(label):
+    \"\"\"The runner's timing record in results_dir for this device, when it timed these
+    weights on these samples (then nothing is timed again), else None.\"\"\"
+    path = os.path.join(results_dir, f"timing_{label}.json") if results_dir else None
+    if remeasure or not path or not os.path.exists(path):
+        return None
+    record = read_json(path)
+    key = record.get("measurement_key") or {}
+    weights = {name: file_sha256(p) for name, p in paths.items()}
+    if key.get("weights") != weights or key.get("inputs") != array_sha256(timed_x):
+        return None
+    print(f"{label}: the timings of {path} (the runner's, on these weights and the first "
+          f"{len(timed_x)} test samples; remeasure = True times again here)")
+    return record
+
+
 results = {}
 for device in devices:
     branchy.to_device(device)
     baseline.to_device(device)
+    record = folder_timing(device_label(device))
     # A profile of the exit paths predicts every grid point's runtime and picks the
     # frontier and knee; then the baseline, the exit paths and the frontier points are
     # measured together, interleaved, timing_rounds times.
-    profile, _ = measure_latency(branchy, baseline, timed_x, device, rounds=timing_rounds)
+    if record is None:
+        profile, _ = measure_latency(branchy, baseline, timed_x, device, rounds=timing_rounds)
+    else:
+        profile = Interleaved.from_json(record["profile"])
     r = path_summary(profile, branchy.n_exits)
     r["predicted_ms"] = predict_runtime(sweep.exit_fractions, r["path_ms"])
     r["frontier"] = inc_points(sweep.accuracy, r["predicted_ms"], spec.inc_amt)
@@ -228,9 +259,18 @@ for device in devices:
     points = {int(i): sweep.thresholds[i].tolist() for i in sorted(set(timed) | {r["knee"]})}
     if paper_t is not None:
         points["paper"] = paper_t
-    r["timings"], _ = measure_latency(branchy, baseline, timed_x, device, points=points,
-                                      rounds=timing_rounds)
-    r["measured"] = {i: r["timings"].stats(i) for i in points}
+    if record is None:
+        r["timings"], _ = measure_latency(branchy, baseline, timed_x, device, points=points,
+                                          rounds=timing_rounds)
+    else:  # the record's rounds under this notebook's names (grid index, "paper")
+        measured = record["measurement"]
+        by_name = measured["rounds_ms"]
+        rounds = {k: v for k, v in by_name.items() if not k.startswith("T=")}
+        rounds.update({i: by_name[point_name(t)] for i, t in points.items()
+                       if point_name(t) in by_name})
+        r["timings"] = Interleaved(rounds, measured["samples"], measured.get("load"))
+        timing_rounds = measured["rounds"]
+    r["measured"] = {i: r["timings"].stats(i) for i in points if i in r["timings"].rounds_ms}
     results[device_label(device)] = r
     print(f"{device_label(device)}: exit paths "
           + ", ".join(f"{ms:.3f}" for ms in r["path_ms"])
@@ -247,19 +287,22 @@ the one to set beside the paper's times, which were measured on other hardware (
 CPU and a GTX TITAN X); compare gains and exit fractions rather than milliseconds.
 `MACs(M)` is the expected multiply-adds per sample."""),
         code("""def bnet_row(r, selection, key, thresholds):
-    \"\"\"A Table I row of the B-net at ``thresholds``, timed as ``key``.\"\"\"
+    \"\"\"A Table I row of the B-net at ``thresholds``, timed as ``key``: accuracy and
+    exits over the test set; the prediction and the trunk-only time mix the exit paths by
+    the exits of the timed samples, as the runner does.\"\"\"
     at = evaluate_grid(outputs, [thresholds])
     fractions, t = at.exit_fractions[0], r["timings"]
     point, gain = r["measured"][key], t.ratio("baseline", key)
-    trunk = t.combine({f"exit{n + 1}_trunk": f for n, f in enumerate(fractions)})
+    timed = evaluate_grid(outputs.take(slice(0, len(timed_x))), [thresholds]).exit_fractions[0]
+    trunk = t.combine({f"exit{n + 1}_trunk": f for n, f in enumerate(timed)})
+    predicted = t.combine({f"exit{n + 1}": f for n, f in enumerate(timed)})
     return {"network": "B-" + spec.title, "selection": selection,
             "accuracy": 100 * at.accuracy[0], "time_ms": point["median_ms"],
             "time_q1_ms": point["q1_ms"], "time_q3_ms": point["q3_ms"],
             "gain": gain["median"], "gain_low": gain["low"], "gain_high": gain["high"],
             "gain_significant": gain["significant"],
             "thresholds": list(thresholds), "exit_percent": (100 * fractions).tolist(),
-            "predicted_ms": predict_runtime(fractions, r["path_ms"]),
-            "trunk_ms": float(np.median(trunk)),
+            "predicted_ms": float(np.median(predicted)), "trunk_ms": float(np.median(trunk)),
             "trunk_gain": t.ratio("baseline_trunk", trunk)["median"],
             "macs": expected_macs(fractions, costs["macs"])}
 
@@ -274,8 +317,10 @@ for label, r in results.items():
          "trunk_ms": t.median("baseline_trunk"), "macs": baseline_macs},
         bnet_row(r, "this run (knee)", k, sweep.thresholds[k].tolist()),
     ]
-    if paper_t is not None:
+    if paper_t is not None and "paper" in r["measured"]:
         rows.append(bnet_row(r, "this run (paper's T)", "paper", paper_t))
+    elif paper_t is not None:
+        print(f"({label}: the folder's timing record has no paper's T; remeasure = True times it)")
     rows += paper_rows(spec.title, label)
     print(format_table(rows, f"Table I, {label}, setting {setting!r}") + "\\n")
     if fractions.max() == 1:
@@ -303,7 +348,7 @@ for ax, (label, r) in zip(axes[0], results.items()):
                     marks=[(f"paper's T = {', '.join(f'{v:g}' for v in paper_t)}",
                             r["measured"]["paper"]["median_ms"],
                             100 * evaluate_grid(outputs, [paper_t]).accuracy[0])]
-                    if paper_t is not None else ())
+                    if "paper" in r["measured"] else ())
 plt.show()"""),
         md("""Where the test samples leave at the knee, and the entropy each exit sees (the
 threshold in force there as a dashed line; samples left of it leave at that exit)."""),

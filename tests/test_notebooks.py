@@ -7,6 +7,7 @@ import json
 import os
 
 import nbformat
+import numpy as np
 import papermill
 import pytest
 
@@ -63,6 +64,11 @@ def check_common(summary, notebook, n_exits, grid_points, setting="quick"):
     for i, ms in cpu["measured_ms"].items():
         assert ms == pytest.approx(sorted(rounds[i])[1])
     text = printed(notebook)
+    # The knee's gain in the table is paired round by round (it once divided the baseline
+    # by the knee's grid index: "0.05x").
+    knee_gain = np.median(np.array(rounds["baseline"]) / np.array(rounds[str(cpu["knee"])]))
+    knee_row = next(line for line in text.splitlines() if "this run (knee)" in line)
+    assert f"{knee_gain:.2f}x" in knee_row.split()
     assert f"Table I, cpu, setting {setting!r}" in text and "paper (cpu)" in text
     assert "this run (knee)" in text and "this run (paper's T)" in text
 
@@ -128,3 +134,28 @@ def test_notebooks_match_their_template():
                    c.metadata.get("tags", [])]
         assert sources == [c.source for c in make_notebooks.cells(name, config)], name
         assert "parameters" in committed.cells[1].metadata["tags"]
+
+
+def test_lenet_notebook_on_a_runner_folder_shows_its_measurement(tmp_path, data_dir):
+    """On a runner folder whose timing record timed these weights on these samples, the
+    notebook takes the folder's settings and its measurement: the same rows as the
+    runner's table_cpu.json, nothing timed again."""
+    folder = os.path.join(ROOT, "results", "cpu-lenet_mnist-paper")
+    summary, notebook = execute("lenet_mnist", tmp_path, data_dir=str(data_dir),
+                                results_dir=folder, timing_samples=0)
+    text = printed(notebook)
+    assert "the timings of" in text and "timing_cpu.json" in text
+    assert summary["setting"] == "cpu-lenet_mnist-paper" and summary["settings"]["batch_size"] == 512
+    with open(os.path.join(folder, "timing_cpu.json")) as f:
+        record = json.load(f)
+    cpu = summary["devices"]["cpu"]
+    assert cpu["timing_rounds"] == 5
+    assert cpu["rounds_ms"]["baseline"] == record["measurement"]["rounds_ms"]["baseline"]
+    with open(os.path.join(folder, "table_cpu.json")) as f:
+        runner = {row["selection"]: row for row in json.load(f)["rows"]}
+    for selection, ours in (("test knee (as paper)", "this run (knee)"),
+                            ("paper's T (Table I)", "this run (paper's T)")):
+        row = runner[selection]
+        line = next(line for line in text.splitlines() if ours in line).split()
+        assert f"{row['accuracy']:.2f}" in line and f"{row['gain']:.2f}x" in line
+        assert f"{row['trunk_gain']:.2f}x" in line, (selection, line)

@@ -54,6 +54,16 @@ def test_gain_is_paired_per_round_and_its_interval_can_include_one():
     assert interval_coverage(5) == pytest.approx(0.9375)
 
 
+def test_a_gain_against_a_point_named_by_its_grid_index():
+    """The notebooks name frontier points by grid index: ratio('baseline', 6) is the gain of
+    point 6 (before, an int was taken for per-round milliseconds: baseline / 6, "0.08x")."""
+    t = Interleaved({"baseline": [1.0, 1.2, 1.1], 6: [0.5, 0.6, 0.5]}, samples=10)
+    assert t.ratio("baseline", 6)["median"] == pytest.approx(2.0)
+    assert t.ratio(np.array([2.0, 2.4, 2.2]), "baseline")["median"] == pytest.approx(2.0)
+    with pytest.raises(KeyError):
+        t.ratio("baseline", 7)
+
+
 def rounds(**variants):
     return Interleaved({k: np.asarray(v, float) for k, v in variants.items()}, samples=100)
 
