@@ -4,9 +4,10 @@
 #   BRANCHYNET_DATA=../shared/data scripts/run_notebooks.sh              # quick setting
 #   scripts/run_notebooks.sh -p setting paper -p data_dir /data           # authors' settings
 #   BRANCHYNET_DATA=../shared/data scripts/run_notebooks.sh --on-results  # the replication:
-# each notebook loads the weights and settings of its committed results folder (RESULTS
-# below) instead of training: the stored outputs are then the converged rows. Time it on
-# a quiet machine: every notebook times its networks at batch size 1.
+# each notebook loads the weights, settings and timing record of its committed results
+# folder (RESULTS below) instead of training and timing: the stored outputs are then the
+# folders' rows. (A folder without a matching timing record is timed by the notebook:
+# then run it on a quiet machine.)
 set -eu
 cd "$(dirname "$0")/.."
 RESULTS="lenet_mnist=cpu-lenet_mnist-paper alexnet_cifar10=cpu-alexnet_cifar10-converged
