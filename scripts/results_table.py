@@ -113,22 +113,21 @@ def main(argv=None):
                         help="the rows of Table I (baseline, paper's T, knee) beside the paper's")
     args = parser.parse_args(argv)
     if args.beside_paper:
-        print("| row | device | acc. (%) | exits (%) | time (ms, median (quartiles)) "
-              "| gain end to end [per-round range] | trunk-only gain "
-              "| paper: acc. / exits (%) / time (ms) / gain |")
-        print("|---|---|---|---|---|---|---|---|")
-        for folder in args.folders:
-            for row in beside_paper(folder):
-                print(row)
-        return
-    print("| B-net | setting | device | baseline acc. (%) | knee acc. (%) | knee T | exits (%) "
-          "| time baseline → knee (ms, median (quartiles)) | gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
-          "| epoch: baseline / joint |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        header = ("| row | device | acc. (%) | exits (%) | time (ms, median (quartiles)) "
+                  "| gain end to end [per-round range] | trunk-only gain "
+                  "| paper: acc. / exits (%) / time (ms) / gain |")
+        table_rows = beside_paper
+    else:
+        header = ("| B-net | setting | device | baseline acc. (%) | knee acc. (%) | knee T "
+                  "| exits (%) | time baseline → knee (ms, median (quartiles)) "
+                  "| gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
+                  "| epoch: baseline / joint |")
+        table_rows = rows
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
     for folder in args.folders:
-        for row in rows(folder):
+        for row in table_rows(folder):
             print(row)
-
 
 if __name__ == "__main__":
     main()
