@@ -34,7 +34,9 @@ def test_official_files_load_with_the_paper_format(mnist):
 def test_data_dir_comes_from_the_environment(data_dir, empty_cache, monkeypatch):
     monkeypatch.setenv("BRANCHYNET_DATA", data_dir)
     data = load_mnist(mirrors=UNREACHABLE)
-    assert data.info["files"]["t10k-labels-idx1-ubyte.gz"]["path"].startswith(data_dir)
+    path = data.info["files"]["t10k-labels-idx1-ubyte.gz"]["path"]
+    assert os.path.isabs(path)
+    assert os.path.samefile(os.path.dirname(path), os.path.join(data_dir, "mnist"))
 
 
 def test_a_relative_data_folder_is_resolved_once_and_recorded_absolute(
@@ -46,12 +48,19 @@ def test_a_relative_data_folder_is_resolved_once_and_recorded_absolute(
     monkeypatch.setenv("BRANCHYNET_DATA", "..")
     args = parse_args(["--network", "lenet_mnist", "--data-dir", "..",
                        "--out", str(tmp_path / "out")])
-    assert args.data_dir == os.environ["BRANCHYNET_DATA"] == data_dir
-    assert resolve_data_dir(None) is None and os.environ["BRANCHYNET_DATA"] == data_dir
+    # The same folder, compared as a file: through a symbolic link the working directory
+    # (hence "..") is spelled by the link's target, data_dir by the link.
+    for path in (args.data_dir, os.environ["BRANCHYNET_DATA"]):
+        assert os.path.isabs(path) and os.path.samefile(path, data_dir), path
+    assert resolve_data_dir(None) is None
+    assert os.path.isabs(os.environ["BRANCHYNET_DATA"])
+    assert os.path.samefile(os.environ["BRANCHYNET_DATA"], data_dir)
     monkeypatch.chdir(tmp_path)  # later stages may run elsewhere: the same folder
     for data in (load_mnist(mirrors=UNREACHABLE), load_mnist(args.data_dir, mirrors=UNREACHABLE)):
         for record in data.info["files"].values():
-            assert record["path"].startswith(data_dir + os.sep), record
+            assert os.path.isabs(record["path"]), record
+            assert os.path.samefile(os.path.dirname(record["path"]),
+                                    os.path.join(data_dir, "mnist")), record
 
 
 def test_corrupt_file_is_reported_and_not_used(data_dir, empty_cache, tmp_path):
