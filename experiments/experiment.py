@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from branchynet import distributed
-from branchynet.datasets import DatasetError, info_differences, load_dataset, split_validation
+from branchynet.datasets import (DatasetError, info_differences, load_dataset, recorded_data_dir,
+                                 split_validation)
 from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
@@ -832,6 +833,8 @@ class Experiment:
         With ``verify_outputs`` N (> 0, or -1 for all) the committed weights are also run on
         the first N test and validation samples and must reproduce the exit outputs.
         """
+        if verify_outputs:
+            self.locate_recorded_data()
         self.load_cached_outputs()
         self.evaluate()
         problems = []
@@ -875,14 +878,34 @@ class Experiment:
                                             guarantee.settings_of(self.s))
         return problems
 
+    def locate_recorded_data(self):
+        """For ``--verify-outputs`` without ``--data-dir``: the data folder config.json
+        records, when it exists here; else ``$BRANCHYNET_DATA``; else a SettingsError that
+        names the recorded folder and the fix, before any data is read or downloaded."""
+        if self.s.data_dir:
+            return
+        recorded = recorded_data_dir(self.config["dataset"], self.config.get("data_record"))
+        if recorded is None:
+            return
+        if os.path.exists(recorded):
+            self.s.data_dir = recorded
+        elif os.environ.get("BRANCHYNET_DATA"):
+            self.log(f"note: the data {self.out} was made from were in {recorded}, which is "
+                     f"not on this machine; looking in $BRANCHYNET_DATA "
+                     f"({os.environ['BRANCHYNET_DATA']}; other data shows as differing outputs)")
+        else:
+            raise SettingsError(
+                f"--verify-outputs: {self.out} was made from the data in {recorded}, which is "
+                f"not on this machine. To fix: pass --data-dir the folder holding the same "
+                f"files, or set $BRANCHYNET_DATA to it")
+
     def verify_outputs(self, samples):
         """Run the committed weights on the first ``samples`` test samples (and as many
         validation samples, when the folder has a split; -1: all of them) and compare
         with the committed exit outputs of both networks."""
         import chainer
         from branchynet.training import load_weights
-        if not self.s.data_dir and self.config.get("data_record", {}).get("folder"):
-            self.s.data_dir = self.config["data_record"]["folder"]  # your own data: as recorded
+        self.locate_recorded_data()
         if samples > 0:
             self.s.test_limit = min(samples, self.s.test_limit or samples)
         self.s.timing_samples = 0  # nothing is timed here

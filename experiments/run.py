@@ -31,8 +31,9 @@ with a validation split) from its committed exit outputs, timing records and tra
 logs only (no data, training or timing) and compares them with the folder's (JSON as
 values, re-derived floats to 1e-9 relative; CSV as text): exit status 1 and the file and
 first differing field if not; --verify-outputs N (or all) also runs the folder's weights
-on the first N test and validation samples (this needs the data) and checks they
-reproduce the committed exit outputs.
+on the first N test and validation samples (this needs the data: --data-dir, else the
+folder config.json records when it exists on this machine, else $BRANCHYNET_DATA) and
+checks they reproduce the committed exit outputs.
 
 Exit status: 0 done; 1 a budget no T meets (everything is still written) or a
 --from-results mismatch; 2 bad input (named, before any work); 3 --time-budget reached
@@ -349,7 +350,8 @@ def parse_args(argv=None):
     parser.add_argument("--verify-outputs", type=_sample_count, default=0, metavar="N",
                         help="with --from-results: also run DIR's weights on its first N test "
                         "samples (and N validation samples, if DIR has a split; 'all': every "
-                        "sample) and check they reproduce the exit outputs (needs the data)")
+                        "sample) and check they reproduce the exit outputs (needs the data: --data-dir, "
+                        "else the folder DIR/config.json records, else $BRANCHYNET_DATA)")
     args = parser.parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)  # relative paths: from here, once
     if args.list_networks:

@@ -170,6 +170,64 @@ def test_tampered_validation_outputs_fail_the_verification(val_copy, data_dir, c
     assert "scores differ at sample 3, exit 1" in printed
 
 
+def _record_data_folder(folder, data_folder):
+    """Make a copied results folder's config.json record CIFAR-10 in ``data_folder``."""
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["data_record"]["folder"] = data_folder
+    for name, record in config["data_record"]["files"].items():
+        record["path"] = os.path.join(data_folder, name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+
+
+@pytest.fixture
+def no_other_data(tmp_path, monkeypatch):
+    """No $BRANCHYNET_DATA, an empty cache, and every download attempt recorded and refused."""
+    import branchynet.datasets.cifar10 as cifar10
+    monkeypatch.delenv("BRANCHYNET_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    attempts = []
+
+    def refuse(name, *args, **kwargs):
+        attempts.append(name)
+        raise cifar10.DatasetError(f"no download in this test ({name})")
+    monkeypatch.setattr(cifar10, "download", refuse)
+    return attempts
+
+
+def test_verify_outputs_finds_the_recorded_data_folder(val_copy, data_dir, no_other_data,
+                                                       capsys):
+    """Without --data-dir the data come from the folder config.json records (the one holding
+    cifar-10-batches-py/ is the data root, not cifar-10-batches-py/ itself); nothing is
+    downloaded."""
+    from branchynet.datasets.cifar10 import FOLDER
+    recorded = next(os.path.join(base, FOLDER) for base in (os.path.join(data_dir, "cifar10"),
+                                                           data_dir)
+                    if os.path.isdir(os.path.join(base, FOLDER)))
+    _record_data_folder(val_copy, recorded)
+    assert main(["--from-results", str(val_copy), "--verify-outputs", "5"]) is True, \
+        capsys.readouterr()
+    assert "B-net (test): the weights reproduce" in capsys.readouterr().out
+    assert no_other_data == []
+
+
+def test_verify_outputs_names_a_recorded_data_folder_missing_here(val_copy, no_other_data,
+                                                                  tmp_path, capsys):
+    missing = str(tmp_path / "elsewhere" / "cifar10" / "cifar-10-batches-py")
+    _record_data_folder(val_copy, missing)
+    with pytest.raises(SystemExit) as stop:
+        main(["--from-results", str(val_copy), "--verify-outputs", "5"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    error = captured.err.strip().splitlines()[-1]
+    assert str(tmp_path / "elsewhere" / "cifar10") in error and "not on this machine" in error
+    assert "--data-dir" in error and "BRANCHYNET_DATA" in error
+    assert "identical" not in captured.out  # refused before any work
+    assert no_other_data == []
+
+
 # Folders of python -m experiments.run --seeds K: every seed's folder, then the aggregate.
 SEEDS_FOLDERS = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
                                                                           "seeds.json")))

