@@ -98,6 +98,9 @@ def parse_args(argv=None):
                       help="also time thresholds that send these fractions of the test "
                            "samples out at each exit (e.g. the paper's knee mix 0.656 0.252 "
                            "0.092 for a weakly trained net whose knee uses one exit)")
+    time.add_argument("--paper-t", action="store_true",
+                      help="also time Table I's thresholds (branchynet.paper; the paper's "
+                           "three networks)")
     time.add_argument("--no-progress", action="store_true", help="no progress bar")
     recompute = sub.add_parser(
         "recompute", help="re-derive deploy_<tag>.json's figures and the table from the "
@@ -618,6 +621,17 @@ def command_time(args):
         points[_point_name(mix)] = mix
         focus.append(("exit mix", 100 * float(on_test.accuracy[0]), mix,
                       on_test.exit_fractions[0].tolist(), _point_name(mix)))
+    if args.paper_t:
+        from branchynet.paper import paper_thresholds
+        from branchynet.sweep import evaluate_grid
+        paper = paper_thresholds(exp.spec.name)
+        if paper is None or len(paper) != exp.outputs.n_exits - 1:
+            raise UsageError(f"--paper-t: Table I has no thresholds for {exp.spec.name} with "
+                             f"{exp.outputs.n_exits} exits")
+        on_test = evaluate_grid(exp.outputs, [paper])
+        points[_point_name(paper)] = paper
+        focus.append(("paper's T", 100 * float(on_test.accuracy[0]), paper,
+                      on_test.exit_fractions[0].tolist(), _point_name(paper)))
     variants = {**chainer_variants(exp.branchy, exp.baseline, x, points),
                 **ort_variants(runtime, x, points)}
     print(f"timing {len(variants)} variants on {len(x)} test samples at batch size 1, "
