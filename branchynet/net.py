@@ -14,11 +14,27 @@ classifier. For example (B-LeNet, abridged)::
 one head per exit. Exit n runs trunk segments 1..n, then head n. There is one set of
 parameters: every exit shares the trunk; nothing is copied between exits.
 """
+import contextlib
+
 import chainer
 import chainer.functions as F
 from chainer import backend
 
 from branchynet.routing import check_thresholds, early_exit, get_criterion
+
+# ``predict`` runs Chainer's type checks on the first batch of each input shape and dtype
+# (a wrong input gets Chainer's clear error) and skips them afterwards: they check shapes
+# and dtypes that cannot change between calls with the same input, and cost 7-11% of a
+# B-AlexNet exit path at batch size 1 (docs/benchmarks.md). True checks every call.
+INFERENCE_TYPE_CHECK = False
+
+
+@contextlib.contextmanager
+def inference_config(type_check=True):
+    """Chainer's inference settings: no training mode, no graph, type checks on or off."""
+    with chainer.using_config("train", False), chainer.no_backprop_mode(), \
+            chainer.using_config("type_check", type_check):
+        yield
 
 
 class Branch:
@@ -63,6 +79,7 @@ class BranchyNet(chainer.Chain):
             else:
                 current.append(layer)
         self.n_branch_points = len(heads)
+        self._checked_inputs = set()  # (shape without the batch axis, dtype) type-checked
         self.main_only = main_only
         # Exit n (0-based) runs these trunk segments before its head.
         if main_only:
@@ -125,8 +142,19 @@ class BranchyNet(chainer.Chain):
                                          or not all(t > 0 for t in temperatures)):
             raise ValueError(f"give one temperature > 0 per exit ({self.n_exits}), got "
                              f"{temperatures!r}")
-        with chainer.using_config("train", False), chainer.no_backprop_mode():
-            return early_exit(self, x, thresholds, criterion, temperatures)
+        with inference_config(self.type_check_needed(x)):
+            result = early_exit(self, x, thresholds, criterion, temperatures)
+        self._checked_inputs.add(self._input_key(x))
+        return result
+
+    @staticmethod
+    def _input_key(x):
+        return tuple(x.shape[1:]), str(x.dtype)
+
+    def type_check_needed(self, x):
+        """Whether ``predict`` runs Chainer's type checks on ``x``: on the first input of
+        each shape and dtype, or always with ``INFERENCE_TYPE_CHECK``."""
+        return INFERENCE_TYPE_CHECK or self._input_key(x) not in self._checked_inputs
 
     def init_from_baseline(self, baseline):
         """Copy the trunk and final classifier from a trained baseline (``main_only``) net.
