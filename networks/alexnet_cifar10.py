@@ -1,4 +1,4 @@
-"""B-AlexNet on CIFAR-10 (PAPER.md section 2): three exits; the main branch is the baseline.
+"""B-AlexNet on CIFAR-10 (`docs/paper.md` section 2): three exits; the main branch is the baseline.
 
 Layer list, as in the authors' ``networks/alex_cifar10.py``::
 
@@ -29,7 +29,7 @@ import chainer.links as L
 from branchynet.net import Branch
 from networks import NetworkSpec, register
 
-# The authors' AlexNet grid (PAPER.md section 3).
+# The authors' AlexNet grid (`docs/paper.md` section 3).
 GRID = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 0.75, 1.0, 5.0, 10.0)
 
 
@@ -81,7 +81,7 @@ SPEC = register(NetworkSpec(
     # of the rate. Why: the paper's Adam schedule (batch 512, 50 + 100 epochs, no
     # augmentation) is about 30 h on 2 CPU cores; decaying SGD with augmentation is the
     # usual way to bring a small CIFAR-10 network to convergence in tens of epochs. The
-    # rate 0.05 is the pilot's choice (scripts/alexnet_pilot.py --rates 0.01 0.02 0.05 0.1
+    # rate 0.05 is the pilot's choice (scripts/recipe_pilot.py --rates 0.01 0.02 0.05 0.1
     # 0.2: 2 epochs of the first 10,000 training images, held-out = the last 2,000, no test
     # data; benchmarks/results/alexnet_pilot.json): 31.9% held-out after 2 epochs against
     # 28.2 / 29.8% at 0.01 / 0.02, while 0.1 stalls at 21.9% and 0.2 diverges to chance

@@ -1,4 +1,4 @@
-"""scripts/alexnet_pilot.py: the learning-rate pilot of the B-AlexNet CPU recipe, tiny."""
+"""scripts/recipe_pilot.py: the learning-rate pilot of a network's CPU recipe, tiny."""
 import json
 import os
 import runpy
@@ -6,7 +6,7 @@ import runpy
 import pytest
 
 PILOT = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts",
-                                    "alexnet_pilot.py"))
+                                    "recipe_pilot.py"))
 
 
 def test_pilot_runs_every_rate_and_writes_its_table(tmp_path, capsys):
@@ -35,6 +35,7 @@ def test_pilot_rule_skips_diverged_and_unstarted_rates():
 @pytest.mark.parametrize("argv, message", [
     (["--train", "49000", "--held-out", "2000"], "must not be trained on"),
     (["--rates", "0"], "--rates must be positive"),
+    (["--network", "lenet_mnist"], "trains on mnist"),
 ])
 def test_pilot_refuses_bad_settings(argv, message, capsys):
     with pytest.raises(SystemExit) as refused:

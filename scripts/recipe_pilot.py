@@ -1,10 +1,12 @@
-"""Pilot for the B-AlexNet CPU recipe (--recipe fast): which peak learning rate?
+"""Pilot for a network's CPU recipe (--recipe fast): which peak learning rate?
 
     OPENBLAS_NUM_THREADS=1 BRANCHYNET_DATA=../shared/data \\
-        .venv/bin/python scripts/alexnet_pilot.py                 # 0.01, 0.02, 0.05
-    .venv/bin/python scripts/alexnet_pilot.py --rates 0.02 0.05 --epochs 1 --train 5000
+        .venv/bin/python scripts/recipe_pilot.py                  # B-AlexNet: 0.01, 0.02, 0.05
+    .venv/bin/python scripts/recipe_pilot.py --rates 0.02 0.05 --epochs 1 --train 5000
+    .venv/bin/python scripts/recipe_pilot.py --network resnet110_cifar10 --rates 0.05 0.1 0.2 \\
+        --out resnet-pilot
 
-Trains the B-AlexNet baseline (main branch only) with the fast recipe (SGD, momentum 0.9,
+Trains the network's baseline (main branch only; B-AlexNet by default) with the fast recipe (SGD, momentum 0.9,
 weight decay 5e-4, crop + flip, batch 128, one warm-up epoch from a tenth of the rate) at
 each rate for --epochs epochs on the first --train CIFAR-10 training images, and evaluates
 it after every epoch on the LAST --held-out training images (never trained on here, and
@@ -18,7 +20,7 @@ training continues from its snapshots in OUT/lr_<rate>/).
 Rule: the rate whose held-out accuracy after the last epoch is the highest; a rate whose
 loss is not finite or whose held-out accuracy is at most 15% (chance: 10%) has diverged
 or not started and is not chosen. Then set ``fast["lr"]`` in networks/alexnet_cifar10.py
-(or pass --lr to the long run) and say so in docs/replication.md.
+(or pass --lr to the long run) for the network and say so in docs/replication.md.
 
 Time: 2 epochs of 10,000 images at 3 rates is 60,000 training images plus 6 x 2,000
 held-out evaluations; measure one rate's first epoch (the table's seconds) to extrapolate.
@@ -45,8 +47,10 @@ DIVERGED_BELOW = 0.15  # held-out accuracy at or below this: diverged or not sta
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="scripts/alexnet_pilot.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="scripts/recipe_pilot.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--network", default="alexnet_cifar10",
+                   help="a CIFAR-10 network of the registry (default: %(default)s)")
     p.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.02, 0.05],
                    help="peak learning rates to compare (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per rate (default: 2)")
@@ -58,8 +62,15 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="the rate after the warm-up (default: %(default)s; see above)")
     p.add_argument("--data-dir", help="CIFAR-10 folder (default: $BRANCHYNET_DATA, then the cache)")
-    p.add_argument("--out", default="alexnet-pilot", help="folder (default: %(default)s)")
+    p.add_argument("--out", default="recipe-pilot", help="folder (default: %(default)s)")
     args = p.parse_args(argv)
+    try:
+        spec = get_network(args.network)
+    except ValueError as err:
+        p.error(str(err))
+    if spec.dataset != "cifar10":
+        p.error(f"--network {args.network}: the pilot holds out CIFAR-10 training images; "
+                f"{args.network} trains on {spec.dataset}")
     if args.epochs < 1 or args.train < args.batch_size or args.held_out < 1:
         p.error("--epochs must be >= 1, --train at least one batch, --held-out >= 1")
     if args.train + args.held_out > 50000:
@@ -72,7 +83,7 @@ def parse_args(argv=None):
 
 def pilot(args, log=print):
     """Train at every rate; returns the rows (one per rate and epoch) and the chosen rate."""
-    spec = get_network("alexnet_cifar10")
+    spec = get_network(args.network)
     data = load_dataset("cifar10", args.data_dir, **spec.dataset_options)
     x, y = data.train_x[:args.train], data.train_y[:args.train]
     held_x, held_y = data.train_x[-args.held_out:], data.train_y[-args.held_out:]
@@ -106,7 +117,7 @@ def main(argv=None):
     args = parse_args(argv)
     start, load = time.time(), os.getloadavg()
     rows, chosen = pilot(args)
-    print(f"B-AlexNet baseline, fast recipe (schedule {args.schedule} after 1 warm-up "
+    print(f"{get_network(args.network).title} baseline, fast recipe (schedule {args.schedule} after 1 warm-up "
           f"epoch), batch {args.batch_size}, {args.train} training images, held-out = the "
           f"last {args.held_out} training images; load average {load[0]:.1f} at the start")
     print(f"{'lr':>8} {'epoch':>6} {'train loss':>11} {'train acc':>10} {'held-out acc':>13} "
