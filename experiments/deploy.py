@@ -102,6 +102,26 @@ def parse_args(argv=None):
                       help="also time Table I's thresholds (branchynet.paper; the paper's "
                            "three networks)")
     time.add_argument("--no-progress", action="store_true", help="no progress bar")
+    subsets = sub.add_parser(
+        "subsets", help="time B-nets with a subset of their exits (dropped heads never run)",
+        description="For every subset of the exits that keeps the last (or --subsets), build "
+        "the B-net without the dropped heads, on Chainer and ONNX Runtime (composed graph); "
+        "time its exit paths, rank its threshold vectors at the baseline's accuracy (or "
+        "better) by the predicted time, time the fastest few; print and write "
+        "exit_subsets_<tag>.json (branchynet.exit_subsets).", epilog=EPILOG)
+    common(subsets)
+    subsets.add_argument("--subsets", nargs="+", metavar="E+E",
+                         help="subsets to try, 1-based exits joined by + (e.g. 1+3 3); the "
+                              "last exit is always kept (default: every subset)")
+    subsets.add_argument("--samples", type=int, default=200,
+                         help="test samples timed (default: %(default)s)")
+    subsets.add_argument("--rounds", type=int, default=5,
+                         help="interleaved rounds (default: %(default)s)")
+    subsets.add_argument("--block", type=int, default=10,
+                         help="samples per interleaved block (default: %(default)s)")
+    subsets.add_argument("--candidates", type=int, default=3,
+                         help="fastest predicted points timed per subset and runtime "
+                              "(default: %(default)s)")
     recompute = sub.add_parser(
         "recompute", help="re-derive deploy_<tag>.json's figures and the table from the "
         "stored per-sample seconds and compare", description="Re-derive every figure of "
@@ -110,7 +130,8 @@ def parse_args(argv=None):
         epilog=EPILOG)
     common(recompute)
     args = parser.parse_args(argv)
-    for name in ("check_samples", "samples", "rounds", "block", "threads", "max_points"):
+    for name in ("check_samples", "samples", "rounds", "block", "threads", "max_points",
+                 "candidates"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     args.onnx = args.onnx or os.path.join(args.results, "onnx")
@@ -707,6 +728,155 @@ def command_time(args):
     return 1 if any(v["differ_elsewhere"] for v in exits.values()) else 0
 
 
+def _fastest_round_ms(seconds, block):
+    """Each sample's fastest round, mean over samples (ms), first of each block left out."""
+    warm = np.arange(seconds.shape[1]) % block != 0
+    if not warm.any():
+        warm[:] = True
+    return 1e3 * float(seconds[:, warm].min(axis=0).mean())
+
+
+def command_subsets(args):
+    """Exit subsets on both runtimes: exit paths, then the fastest candidates at the
+    baseline's accuracy, each phase in one interleaved run."""
+    import chainer
+    import onnxruntime
+    from branchynet import exit_subsets as es
+    from branchynet.deploy import OnnxBranchyNet, Timed, export_bnet
+    from branchynet.io import write_json
+    from branchynet.report import machine_info
+    from branchynet.sweep import exit_indices
+    from branchynet.timing import EndToEnd, forced_exit_thresholds, interleave, loadavg
+    _require_onnx()
+    exp, sweep = load_results(args)
+    exp.load_cached_outputs()
+    n_exits = exp.branchy.n_exits
+    if args.subsets:
+        try:
+            chosen = [es.check_subset([int(e) - 1 for e in text.split("+")], n_exits)
+                      for text in args.subsets]
+        except ValueError as err:
+            raise UsageError(f"--subsets: {err}") from None
+    else:
+        chosen = es.all_subsets(n_exits)
+    x = exp.data.test_x[:args.samples]
+    cpu = chainer.get_device("@numpy")
+    outputs, grid = exp.outputs, exp.config["grid"]
+    base_acc = float(exp.baseline_outputs.exit_accuracies()[0])
+    min_correct = int(round(base_acc * len(outputs)))
+    nets, runtimes = {}, {}
+    for keep in chosen:
+        name = es.subset_name(keep)
+        nets[name] = es.subset_network(exp.branchy, keep)
+        folder = args.onnx if len(keep) == n_exits else os.path.join(
+            args.onnx, "subsets", name.replace(" ", "-").replace("+", "_"))
+        if len(keep) < n_exits:
+            export_bnet(nets[name], exp.baseline, x, folder, criterion="entropy",
+                        info={"network": exp.spec.name, "exits_kept": [k + 1 for k in keep]})
+        runtimes[name] = OnnxBranchyNet(folder)
+    full = runtimes[es.subset_name(tuple(range(n_exits)))] if tuple(range(n_exits)) in chosen \
+        else OnnxBranchyNet(args.onnx)
+    zero = np.zeros(1, np.int32)
+    baselines = {"chainer:baseline": EndToEnd(exp.baseline, x, [], cpu),
+                 "ort:baseline": Timed(lambda xi: (full.predict_baseline(xi), zero), x)}
+
+    def pair(name, keep, thresholds):
+        """The Chainer and ONNX Runtime variants of one subset at ``thresholds``."""
+        rt = runtimes[name]
+        return {"chainer": EndToEnd(nets[name], x, thresholds, cpu),
+                "ort": Timed(lambda xi, t=list(thresholds): rt.predict_one(xi, t), x)}
+
+    variants = dict(baselines)
+    for keep in chosen:
+        name = es.subset_name(keep)
+        for j in range(len(keep)):
+            for key, v in pair(name, keep, forced_exit_thresholds(j, len(keep))).items():
+                variants[f"{key}:{name}:exit{keep[j] + 1}"] = v
+    print(f"exit paths of {len(chosen)} subsets: {len(variants)} variants on {len(x)} test "
+          f"samples, {args.rounds} rounds (load {loadavg()})", flush=True)
+    paths = interleave(variants, len(x), rounds=args.rounds, block=args.block, warmup=3)
+    path_ms = {k: _fastest_round_ms(v, args.block) for k, v in paths.seconds.items()}
+    result, variants = {}, dict(baselines)
+    for keep in chosen:
+        name = es.subset_name(keep)
+        result[name] = {"exits": [k + 1 for k in keep], "runtimes": {}}
+        for key in ("chainer", "ort"):
+            ms = [path_ms[f"{key}:{name}:exit{k + 1}"] for k in keep]
+            cands = es.fastest_candidates(outputs, keep, grid, ms, min_correct, args.candidates)
+            result[name]["runtimes"][key] = {"path_ms": ms, "candidates": cands}
+            for c, cand in enumerate(cands):
+                variants[f"{key}:{name}:c{c}"] = pair(name, keep, cand["thresholds"])[key]
+    print(f"candidates at the baseline's accuracy ({100 * base_acc:.2f}%): {len(variants)} "
+          f"variants (load {loadavg()})", flush=True)
+    points = interleave(variants, len(x), rounds=args.rounds, block=args.block, warmup=3)
+    point_ms = {k: _fastest_round_ms(v, args.block) for k, v in points.seconds.items()}
+    scores = outputs.scores[:len(x)]
+    mismatches = []
+    for keep in chosen:
+        name = es.subset_name(keep)
+        for key in ("chainer", "ort"):
+            r = result[name]["runtimes"][key]
+            base = point_ms[f"{key}:baseline"]
+            r["baseline_ms"] = base
+            for c, cand in enumerate(r["candidates"]):
+                cand["measured_ms"] = point_ms[f"{key}:{name}:c{c}"]
+                v = variants[f"{key}:{name}:c{c}"]
+                want = exit_indices(outputs, [cand["full_thresholds"]])[0][:len(x)]
+                got = np.asarray(keep)[v.exits]
+                labels = outputs.predictions[np.arange(len(x)), want]
+                near = borderline(scores, cand["full_thresholds"], want)
+                differ = ((got != want) | (v.labels != labels)) & ~near
+                if differ.any():
+                    mismatches.append(f"{key} {name} T={cand['thresholds']}: "
+                                      f"{int(differ.sum())} samples")
+            best = es.choose(r["candidates"], [c["measured_ms"] for c in r["candidates"]])
+            if best is not None:
+                best["gain"] = base / best["measured_ms"]
+            r["fastest"] = best
+    machine = machine_info(cpu)
+    machine.update(onnxruntime=onnxruntime.__version__, ort_threads=1,
+                   blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"))
+    record = {"command": "python -m experiments.deploy " + " ".join(sys.argv[1:]),
+              "machine": machine, "settings": {k: v for k, v in vars(args).items()},
+              "baseline_accuracy": base_acc, "samples": len(x),
+              "statistic": "each sample's fastest round, mean over samples, first of each "
+                           "block left out; ONNX Runtime: the composed graph (one call)",
+              "load": {"paths": paths.load, "points": points.load}, "subsets": result,
+              "decisions_differ": mismatches}
+    tag = args.tag
+    write_json(os.path.join(args.results, f"exit_subsets_{tag}.json"), record)
+    print(format_subsets(record, exp.spec.title))
+    for m in mismatches:
+        print(f"error: exits or labels differ from the cached outputs: {m}", file=sys.stderr)
+    return 1 if mismatches else 0
+
+
+def format_subsets(record, title):
+    """The exit-subset table: per subset and runtime, the exit paths and the fastest
+    measured point at the baseline's accuracy."""
+    lines = [f"B-{title}: fastest measured point at the baseline's accuracy "
+             f"({100 * record['baseline_accuracy']:.2f}%) per exit subset, batch size 1, "
+             f"{record['samples']} test samples (ms: each sample's fastest round, mean)",
+             "| exits kept | runtime | exit paths (ms) | baseline (ms) | T | accuracy | "
+             "exits (%) | predicted (ms) | measured (ms) | gain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    names = {"chainer": "Chainer", "ort": "ONNX Runtime"}
+    for name, sub in record["subsets"].items():
+        for key, r in sub["runtimes"].items():
+            paths = " / ".join(f"{m:.3f}" for m in r["path_ms"])
+            b = r["fastest"]
+            if b is None:
+                lines.append(f"| {name[6:]} | {names[key]} | {paths} | {r['baseline_ms']:.3f} "
+                             f"| none reaches it | | | | | |")
+                continue
+            exits = " / ".join(f"{100 * b['exit_fractions'][k - 1]:.1f}" for k in sub["exits"])
+            lines.append(f"| {name[6:]} | {names[key]} | {paths} | {r['baseline_ms']:.3f} "
+                         f"| {', '.join(f'{t:g}' for t in b['thresholds']) or '-'} "
+                         f"| {100 * b['accuracy']:.2f} | {exits} | {b['predicted_ms']:.3f} "
+                         f"| {b['measured_ms']:.3f} | {b['gain']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "recompute":  # no ONNX needed: the figures come from the seconds
@@ -722,7 +892,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        return {"export": command_export, "time": command_time,
+        return {"export": command_export, "time": command_time, "subsets": command_subsets,
                 "recompute": command_recompute}[args.command](args)
     except (UsageError, DeployError) as err:
         print(f"error: {err}", file=sys.stderr)
