@@ -11,7 +11,8 @@ from branchynet.io import atomic_path, write_text
 
 TABLE_COLUMNS = [
     ("network", "Network"), ("selection", "Selection"), ("accuracy", "Acc.(%)"),
-    ("time_ms", "Time(ms)"), ("time_spread", "IQR(ms)"), ("gain", "Gain"),
+    ("time_ms", "Time(ms)"), ("time_spread", "IQR(ms)"), ("timed_exit_percent", "Timed exits(%)"),
+    ("gain", "Gain"),
     ("gain_range", "Gain range"), ("thresholds", "Thrshld.T"),
     ("exit_percent", "Exit(%)"), ("predicted_ms", "Pred.(ms)"), ("trunk_ms", "Trunk-only(ms)"),
     ("trunk_gain", "Trunk-only gain"), ("macs", "MACs(M)"), ("val_accuracy", "Val acc.(%)"),
@@ -19,7 +20,7 @@ TABLE_COLUMNS = [
 ]
 # Columns printed only when some row has a value for them.
 OPTIONAL_COLUMNS = ("selection", "val_accuracy", "val_predicted_ms", "checks", "time_spread",
-                    "gain_range")
+                    "gain_range", "timed_exit_percent")
 
 
 def device_label(device):
@@ -75,7 +76,7 @@ def _fmt(key, value):
         return f"{value / 1e6:.3g}"
     if key == "thresholds":
         return ", ".join(f"{t:g}" for t in value)
-    if key == "exit_percent":
+    if key in ("exit_percent", "timed_exit_percent"):
         return ", ".join(f"{p:.1f}" for p in value)
     return str(value)
 

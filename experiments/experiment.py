@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -616,6 +617,7 @@ class Experiment:
         return _row(f"B-{self.spec.title}", selection, accuracy=accuracy, time=point["stats"],
                     gain=point["gain"], thresholds=list(point["thresholds"]),
                     exit_percent=[100 * f for f in exit_fractions],
+                    timed_exit_percent=[100 * f for f in point["exit_fractions"]],
                     predicted_ms=point["predicted_ms"], trunk_ms=point["predicted_trunk_ms"],
                     trunk_gain=point["trunk_gain"]["median"],
                     macs=expected_macs(np.asarray(exit_fractions), self.costs["macs"]),
@@ -648,7 +650,7 @@ class Experiment:
         """Write the table, sweep CSV, selection JSON and plot of one device's result."""
         tag, out = result["tag"], self.out
         n = self.outputs.n_exits
-        write_csv(os.path.join(out, f"table_{tag}.csv"), result["rows"], list(ROW_KEYS))
+        write_csv(os.path.join(out, f"table_{tag}.csv"), result["rows"], list(TABLE_KEYS))
         title = self.table_title(result)
         write_json(os.path.join(out, f"table_{tag}.json"),
                    {"title": title, "rows": result["rows"], "warnings": result["warnings"],
@@ -701,7 +703,8 @@ class Experiment:
         return (f"Table I rows: {self.spec.title} on {data}, {result['tag']} "
                 f"({machine.get('gpu') or machine['cpu']}); accuracy and exits over all "
                 f"{len(self.outputs)} test samples; time = ms per sample at batch size 1, median "
-                f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples "
+                f"of {m['rounds']} interleaved rounds over the first {m['samples']} test samples, "
+                f"whose exits are the timed exits "
                 f"(spread: quartiles of the rounds; gain interval: range of the per-round gains, "
                 f"{100 * interval_coverage(m['rounds']):.1f}% coverage; n.s. = includes 1)"
                 + (f"; {thread_count(m['blas'])}" if m.get("blas") else "")
@@ -825,13 +828,15 @@ class Experiment:
         exp.config = config
         return exp
 
-    def recompute(self, verify_outputs=0):
+    def recompute(self, verify_outputs=0, rewrite=False):
         """Re-derive every file ``derive`` makes from the committed exit outputs, timing
         records and training logs, and compare each with the committed one (``DERIVED``);
         returns the problems, each naming the file and its first differing field.
 
         With ``verify_outputs`` N (> 0, or -1 for all) the committed weights are also run on
-        the first N test and validation samples and must reproduce the exit outputs.
+        the first N test and validation samples and must reproduce the exit outputs. With
+        ``rewrite`` a differing derived file is replaced by the re-derived one (after a
+        change of what the runner derives), not reported.
         """
         if verify_outputs:
             self.locate_recorded_data()
@@ -867,7 +872,12 @@ class Experiment:
             for name in names:
                 committed = os.path.join(committed_folder, name)
                 found = first_difference(committed, os.path.join(tmp, name))
-                if found:
+                if found and rewrite:
+                    with atomic_path(committed) as out:
+                        shutil.copyfile(os.path.join(tmp, name), out)
+                    self.log(f"{committed}: rewritten with what its exit outputs, timing records "
+                             f"and training logs give (it differed: {found})")
+                elif found:
                     problems.append(f"{committed}: {found} (re-derived from the exit outputs, "
                                     f"timing records and training logs)")
                 else:
@@ -976,6 +986,10 @@ ROW_KEYS = ("network", "selection", "accuracy", "time_ms", "time_q1_ms", "time_q
             "gain_low", "gain_high", "gain_significant", "thresholds", "exit_percent",
             "predicted_ms", "trunk_ms", "trunk_gain", "macs", "val_accuracy", "val_predicted_ms",
             "checks", "note")
+# The runner's rows also show the exits of the samples the time is measured on (the first
+# --timing-samples test samples) beside the exits over the whole test set.
+TABLE_KEYS = ROW_KEYS[:ROW_KEYS.index("exit_percent") + 1] + ("timed_exit_percent",) \
+    + ROW_KEYS[ROW_KEYS.index("exit_percent") + 1:]
 SWEEP_MEASURED = ("predicted_ms", "predicted_trunk_ms", "frontier", "knee", "measured_ms",
                   "measured_q1_ms", "measured_q3_ms", "gain", "gain_low", "gain_high",
                   "measured_other_exit", "consistency")
@@ -995,8 +1009,8 @@ def point_name(thresholds):
 
 
 def _row(network, selection, time=None, gain=None, **values):
-    """A table row (every key of ROW_KEYS; missing values are None)."""
-    row = dict.fromkeys(ROW_KEYS)
+    """A table row (every key of TABLE_KEYS; missing values are None)."""
+    row = dict.fromkeys(TABLE_KEYS)
     row.update(network=network, selection=selection, **values)
     if time:
         row.update(time_ms=time["median_ms"], time_q1_ms=time["q1_ms"], time_q3_ms=time["q3_ms"])

@@ -352,6 +352,10 @@ def parse_args(argv=None):
                         "samples (and N validation samples, if DIR has a split; 'all': every "
                         "sample) and check they reproduce the exit outputs (needs the data: --data-dir, "
                         "else the folder DIR/config.json records, else $BRANCHYNET_DATA)")
+    parser.add_argument("--rewrite-derived", action="store_true",
+                        help="with --from-results: write the re-derived files over the "
+                        "folder's differing ones instead of failing (after a change of what "
+                        "the runner derives; the inputs are left as they are)")
     args = parser.parse_args(argv)
     args.data_dir = resolve_data_dir(args.data_dir)  # relative paths: from here, once
     if args.list_networks:
@@ -588,7 +592,7 @@ def recompute(args, log=print):
     """``--from-results``: re-derive a committed folder; True when everything is identical."""
     if seeds.is_seeds_folder(args.from_results):
         problems = seeds.recompute(args.from_results, args.criterion, args.verify_outputs,
-                                   args.data_dir, log)
+                                   args.data_dir, log, rewrite=args.rewrite_derived)
     else:
         experiment = Experiment.from_results(args.from_results, args.criterion, log)
         experiment.s.data_dir = args.data_dir
@@ -596,7 +600,7 @@ def recompute(args, log=print):
             setattr(experiment.s, name, getattr(args, name))
         if args.calibrate:
             guarantee.ensure_logits(experiment)
-        problems = experiment.recompute(args.verify_outputs)
+        problems = experiment.recompute(args.verify_outputs, rewrite=args.rewrite_derived)
     for problem in problems:
         log(f"error: {problem}")
     return not problems

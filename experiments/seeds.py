@@ -28,12 +28,13 @@ import copy
 import glob
 import os
 import re
+import shutil
 import tempfile
 
 import numpy as np
 
 from branchynet.flops import expected_macs
-from branchynet.io import read_json, write_json, write_text
+from branchynet.io import atomic_path, read_json, write_json, write_text
 from branchynet.paper import paper_rows
 from branchynet.report import write_csv
 from branchynet.sweep import evaluate_grid
@@ -152,7 +153,8 @@ def _aggregate_files(folder, criterion):
 
 # -- re-deriving a seeds folder -------------------------------------------------------------
 
-def recompute(folder, criterion="entropy", verify_outputs=0, data_dir=None, log=print):
+def recompute(folder, criterion="entropy", verify_outputs=0, data_dir=None, log=print,
+              rewrite=False):
     """``--from-results`` of a seeds folder: every seed's folder on its own, then the
     aggregates from them; returns the list of problems (empty when all is identical)."""
     seeds = read_json(os.path.join(folder, SEEDS_FILE))["seeds"]
@@ -163,7 +165,7 @@ def recompute(folder, criterion="entropy", verify_outputs=0, data_dir=None, log=
         exp = _load(path, criterion, log)
         exp.s.data_dir = data_dir
         if _timing_records(exp):
-            problems += exp.recompute(verify_outputs)
+            problems += exp.recompute(verify_outputs, rewrite)
         else:
             log(f"{path}: no timing_<device>.json (trained with --train-only): its exit "
                 f"outputs feed only {_accuracy_name(criterion)}")
@@ -176,6 +178,10 @@ def recompute(folder, criterion="entropy", verify_outputs=0, data_dir=None, log=
             committed = os.path.join(folder, name)
             if not os.path.exists(committed):
                 problems.append(f"{committed}: missing")
+            elif _read(committed) != _read(os.path.join(tmp, name)) and rewrite:
+                with atomic_path(committed) as out:
+                    shutil.copyfile(os.path.join(tmp, name), out)
+                log(f"{committed}: rewritten with what the seeds' folders give")
             elif _read(committed) != _read(os.path.join(tmp, name)):
                 problems.append(f"{committed}: differs from what the seeds' folders give")
             else:

@@ -4,7 +4,7 @@
 
 One row per folder and device: the training setting, the baseline and the test-set knee
 (accuracy, measured batch-size-1 latency as the median of interleaved rounds with its
-quartiles, the end-to-end gain with the range of its per-round values (n.s. when that
+quartiles, the exits of the samples it was measured on, the end-to-end gain with the range of its per-round values (n.s. when that
 range includes 1), the trunk-only gain, exits), multiply-adds per sample, and the training
 time per epoch. Everything is read from the
 folder's summary.json and config.json, as written by ``python -m experiments.run``.
@@ -49,6 +49,14 @@ def _gain(row):
             + ("" if row.get("gain_significant") else " n.s."))
 
 
+def _timed_exits(row):
+    """The exits of the samples the time was measured on (rows written before they were
+    kept: '-')."""
+    if not row.get("timed_exit_percent"):
+        return "-"
+    return " / ".join(f"{p:.1f}" for p in row["timed_exit_percent"])
+
+
 def rows(folder):
     with open(os.path.join(folder, "summary.json")) as f:
         summary = json.load(f)
@@ -59,7 +67,7 @@ def rows(folder):
                f"| {base['accuracy']:.2f} | {knee['accuracy']:.2f} "
                f"| {', '.join(f'{t:g}' for t in knee['thresholds'])} "
                f"| {' / '.join(f'{p:.1f}' for p in knee['exit_percent'])} "
-               f"| {_time(base)} → {_time(knee)} | {_gain(knee)} "
+               f"| {_time(base)} → {_time(knee)} | {_timed_exits(knee)} | {_gain(knee)} "
                f"| {knee['trunk_gain']:.2f}x "
                f"| {base['macs'] / 1e6:.3g} → {knee['macs'] / 1e6:.3g} "
                f"| {epoch_seconds(summary, 'baseline')} / {epoch_seconds(summary, 'branchynet')} |")
@@ -92,13 +100,14 @@ def beside_paper(folder):
         knee = device["rows"][1]
         labelled.append((f"B-{title}, knee (stated rule), T = {_thresholds(knee)}", knee, None))
         for label, row, reference in labelled:
-            exits, gain, trunk_gain = "-", "-", "-"
+            exits, timed_exits, gain, trunk_gain = "-", "-", "-", "-"
             if row["gain"] is not None:  # a B-net row
                 exits = " / ".join(f"{p:.1f}" for p in row["exit_percent"])
+                timed_exits = _timed_exits(row)
                 gain, trunk_gain = _gain(row), f"{row['trunk_gain']:.2f}x"
             paper_figures = _paper_figures(reference) if reference else "-"
             yield (f"| {label} | {tag} | {row['accuracy']:.2f} | {exits} | {_time(row)} "
-                   f"| {gain} | {trunk_gain} | {paper_figures} |")
+                   f"| {timed_exits} | {gain} | {trunk_gain} | {paper_figures} |")
 
 
 def _thresholds(row):
@@ -114,13 +123,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.beside_paper:
         header = ("| row | device | acc. (%) | exits (%) | time (ms, median (quartiles)) "
-                  "| gain end to end [per-round range] | trunk-only gain "
+                  "| exits of the timed samples (%) | gain end to end [per-round range] | trunk-only gain "
                   "| paper: acc. / exits (%) / time (ms) / gain |")
         table_rows = beside_paper
     else:
         header = ("| B-net | setting | device | baseline acc. (%) | knee acc. (%) | knee T "
                   "| exits (%) | time baseline → knee (ms, median (quartiles)) "
-                  "| gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
+                  "| knee exits of the timed samples (%) | gain [per-round range] | trunk-only gain | MACs (M) baseline → knee "
                   "| epoch: baseline / joint |")
         table_rows = rows
     print(header)

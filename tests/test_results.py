@@ -10,9 +10,11 @@ the dataset: official MNIST and CIFAR-10 from $BRANCHYNET_DATA. Tampering with a
 file kind makes the recompute fail, naming the file and the field.
 """
 import csv
+import filecmp
 import glob
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -153,6 +155,52 @@ def test_tampering_with_a_derived_file_fails_the_recompute(name, val_copy, capsy
     assert main(["--from-results", str(val_copy)]) is False
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and name in errors[0] and field in errors[0], errors
+
+
+def test_rewrite_derived_replaces_a_differing_derived_file(val_copy, capsys):
+    _tamper_csv(str(val_copy / "table_cpu.csv"), "gain")
+    assert main(["--from-results", str(val_copy), "--rewrite-derived"]) is True
+    assert "table_cpu.csv: rewritten" in capsys.readouterr().out
+    assert main(["--from-results", str(val_copy)]) is True
+    assert filecmp.cmp(val_copy / "table_cpu.csv", os.path.join(VAL_FOLDER, "table_cpu.csv"),
+                       shallow=False)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=os.path.basename)
+def test_rows_show_the_exits_of_the_samples_their_time_was_measured_on(folder):
+    """A B-net row's time is measured on the first --timing-samples test samples; their
+    exits (the timing record's) stand beside it, the exits over the whole test set apart."""
+    from branchynet.report import format_table
+    with open(os.path.join(folder, "timing_cpu.json"), encoding="utf-8") as f:
+        points = json.load(f)["points"]
+    with open(os.path.join(folder, "table_cpu.json"), encoding="utf-8") as f:
+        table = json.load(f)
+    timed = [row for row in table["rows"] if row["time_ms"] is not None and row["thresholds"]]
+    assert timed
+    for row in timed:
+        name = "T=" + ",".join(repr(float(t)) for t in row["thresholds"])
+        assert row["timed_exit_percent"] == [100 * f for f in points[name]["exit_fractions"]]
+    header = re.split(r"\s{2,}", format_table(table["rows"]).splitlines()[0])
+    assert header.index("Timed exits(%)") == header.index("IQR(ms)") + 1
+    assert "whose exits are the timed exits" in table["title"]
+
+
+def test_results_table_prints_the_timed_exits_and_reads_older_rows(tmp_path, capsys):
+    import runpy
+    script = runpy.run_path(os.path.join(ROOT, "scripts", "results_table.py"))
+    folder = os.path.join(ROOT, "results", "cpu-alexnet_cifar10-converged")
+    script["main"](["--beside-paper", folder])
+    knee = capsys.readouterr().out.splitlines()[-1]
+    assert "| 56.1 / 10.2 / 33.8 | 1.999 (1.934-2.001) | 52.4 / 10.4 / 37.2 |" in knee
+    old = tmp_path / "old"  # a folder written before the timed exits were kept
+    old.mkdir()
+    with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    for row in summary["devices"]["cpu"]["rows"]:
+        del row["timed_exit_percent"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    script["main"]([str(old)])
+    assert "| 1.895 (1.865-1.902) → 1.999 (1.934-2.001) | - |" in capsys.readouterr().out
 
 
 def test_tampered_validation_outputs_fail_the_verification(val_copy, data_dir, capsys):
