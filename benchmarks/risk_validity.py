@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from branchynet.calibration import ExitLogits, calibration_report, fit_temperatures, rescore
+from branchynet.calibration import calibration_report, fit_temperatures, rescore
 from branchynet.io import read_json, write_json
 from branchynet.report import _cpu_model
 from branchynet.risk import (binomial_cdf, common_family, family_vectors,
@@ -58,17 +58,17 @@ def _paths(folder, n_exits):
 def _concat(parts):
     return ExitOutputs(np.concatenate([p.scores for p in parts]),
                        np.concatenate([p.predictions for p in parts]),
-                       np.concatenate([p.labels for p in parts]), parts[0].criterion)
+                       np.concatenate([p.labels for p in parts]), parts[0].criterion,
+                       logits=np.concatenate([p.logits for p in parts]))
 
 
 def lenet_case():
     """B-LeNet on the 10,000 MNIST test images (results/cpu-lenet_mnist)."""
     folder = _folder("cpu-lenet_mnist")
     outputs = ExitOutputs.load(os.path.join(folder, "exit_outputs.npz"))
-    logits = ExitLogits.load(os.path.join(folder, "exit_logits.npz"))
     paths = _paths(folder, outputs.n_exits)
     return dict(name="B-LeNet, MNIST test set (results/cpu-lenet_mnist)", outputs=outputs,
-                logits=logits.logits, path_ms=paths["path_ms"],
+                path_ms=paths["path_ms"],
                 baseline_ms=paths["baseline_ms"], epsilon_pp=0.5, calibration_samples=4000)
 
 
@@ -77,33 +77,30 @@ def alexnet_case():
     folder = _folder("cpu-alexnet_cifar10-val")
     parts = [ExitOutputs.load(os.path.join(folder, f)) for f in
              ("exit_outputs_val.npz", "exit_outputs.npz")]
-    logits = [ExitLogits.load(os.path.join(folder, f)).logits for f in
-              ("exit_logits_val.npz", "exit_logits.npz")]
     paths = _paths(folder, parts[0].n_exits)
     return dict(name="B-AlexNet, CIFAR-10 validation + test (results/cpu-alexnet_cifar10-val)",
-                outputs=_concat(parts), logits=np.concatenate(logits),
+                outputs=_concat(parts),
                 path_ms=paths["path_ms"], baseline_ms=paths["baseline_ms"], epsilon_pp=2.0,
                 calibration_samples=2000)
 
 
 def synthetic_case():
     """Synthetic 3-exit outputs, exit 1 three times more overconfident, exit 3 half as much (``logit_scales``)."""
-    outputs, logits = synthetic_exit_outputs(12000, 3, seed=7, logit_scales=(3.0, 1.0, 0.5),
-                                             return_logits=True)
+    outputs = synthetic_exit_outputs(12000, 3, seed=7, logit_scales=(3.0, 1.0, 0.5))
     path_ms = default_path_ms(3)
     return dict(name="synthetic, 3 exits, exit 1 overconfident (logits x 3), exit 3 less so (x 0.5), exits 62/71/80%",
-                outputs=outputs, logits=logits, path_ms=path_ms, baseline_ms=path_ms[-1],
+                outputs=outputs, path_ms=path_ms, baseline_ms=path_ms[-1],
                 epsilon_pp=2.0, calibration_samples=2000)
 
 
 def make_logits(data_dir):
     """Every exit's logits of the committed folders the cases read, where missing."""
-    from experiments import guarantee
     from experiments.experiment import Experiment
     for name in ("cpu-lenet_mnist", "cpu-alexnet_cifar10-val"):
         exp = Experiment.from_results(_folder(name))
         exp.s.data_dir = data_dir
-        guarantee.ensure_logits(exp)
+        exp.load_cached_outputs()
+        exp.add_missing_logits()
 
 
 CASES = {"lenet": lenet_case, "alexnet": alexnet_case, "synthetic": synthetic_case}
@@ -191,21 +188,19 @@ def summarise(results, epsilon, delta, baseline_ms):
 
 
 def run_case(case, splits, delta, seed):
-    outputs, logits = case["outputs"], case["logits"]
+    outputs = case["outputs"]
     order = np.random.RandomState(seed).permutation(len(outputs))
     k = int(round(FIT_FRACTION * len(outputs)))
     fit, rest = np.sort(order[:k]), np.sort(order[k:])
-    temperatures = fit_temperatures(ExitLogits(logits[fit], outputs.labels[fit]))
-    report = calibration_report(temperatures, {
-        "fit": ExitLogits(logits[fit], outputs.labels[fit]),
-        "rest": ExitLogits(logits[rest], outputs.labels[rest])})
+    temperatures = fit_temperatures(outputs.take(fit))
+    report = calibration_report(temperatures, {"fit": outputs.take(fit),
+                                               "rest": outputs.take(rest)})
     calibration = [{"exit": e["exit"], "temperature": e["temperature"],
                     **{f"{part}_{when}_{m}": e[part][when][m] for part in ("fit", "rest")
                        for when in ("before", "after") for m in ("ece", "nll")}}
                    for e in report["exits"]]
     variants = {"raw": outputs.take(rest),
-                "calibrated": rescore(outputs.take(rest), ExitLogits(logits[rest], outputs.labels[rest]),
-                                      temperatures)}
+                "calibrated": rescore(outputs.take(rest), temperatures)}
     classes = int(outputs.labels.max()) + 1
     family = family_vectors(common_family(outputs.criterion, classes), outputs.n_exits)
     epsilon = case["epsilon_pp"] / 100
@@ -260,8 +255,8 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
                                                       "risk_validity.json"))
     parser.add_argument("--markdown", action="store_true", help="print the docs table")
-    parser.add_argument("--data-dir", help="compute a folder's missing exit_logits*.npz from "
-                        "its committed weights first (inference only; needs the data; "
+    parser.add_argument("--data-dir", help="add a folder's missing logits to its exit "
+                        "outputs from its committed weights first (inference only; needs the data; "
                         "default folder: $BRANCHYNET_DATA)")
     parser.add_argument("--make-logits", action="store_true",
                         help="compute the missing logits (see --data-dir), then run")

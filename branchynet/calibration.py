@@ -13,15 +13,12 @@ Reported per exit: the expected calibration error (ECE, ``ECE_BINS`` = 15 equal-
 of the top softmax probability, weighted by their sample counts), the NLL before and after,
 and the reliability diagram's data (per bin: count, mean confidence, accuracy).
 
-The exit outputs of ``branchynet.sweep`` keep one score per exit; the logits behind them
-are kept apart (``ExitLogits``, files ``exit_logits*.npz``) because only calibration
-needs them.
+Everything here reads the logits that ``branchynet.sweep.ExitOutputs`` keeps beside the
+scores it derives from them.
 """
 import math
-from dataclasses import dataclass
 
 import numpy as np
-from chainer import backend
 
 from branchynet.routing import get_criterion
 from branchynet.sweep import ExitOutputs
@@ -30,44 +27,13 @@ ECE_BINS = 15
 T_MIN, T_MAX = 0.01, 100.0
 
 
-@dataclass
-class ExitLogits:
-    """Every exit's logits, ``(samples, exits, classes)`` float32, with the labels."""
-    logits: np.ndarray
-    labels: np.ndarray
-    key: str = ""  # what made them (JSON: weights and inputs hashes)
-
-    @property
-    def n_exits(self):
-        return self.logits.shape[1]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def take(self, index):
-        return ExitLogits(self.logits[index], self.labels[index], self.key)
-
-    def save(self, path):
-        from branchynet.io import atomic_path
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, logits=self.logits, labels=self.labels, key=self.key)
-
-    @classmethod
-    def load(cls, path):
-        with np.load(path) as data:
-            return cls(data["logits"], data["labels"], str(data["key"]))
-
-
-def collect_exit_logits(net, x, y, batch_size=1000, device=None):
-    """Run every exit of ``net`` over ``x`` (host arrays); return ``ExitLogits``."""
-    device = device or net.device
-    chunks = []
-    for start in range(0, len(x), batch_size):
-        logits = net.predict_all_exits(device.send(x[start:start + batch_size]))
-        xp = backend.get_array_module(logits[0])
-        chunks.append(backend.CpuDevice().send(xp.stack(logits, axis=1)).astype(np.float32))
-    return ExitLogits(np.concatenate(chunks), np.asarray(y, np.int32))
+def logits_of(outputs):
+    """The logits of ``outputs`` (an ``ExitOutputs``); a clear error when it has none."""
+    if outputs.logits is None:
+        raise ValueError("these exit outputs hold no logits (scores alone, as files written "
+                         "before December 2026 kept them): calibration needs every exit's "
+                         "logits; compute the outputs again from the weights")
+    return outputs.logits
 
 
 def _log_softmax(z):
@@ -106,10 +72,10 @@ def fit_temperature(logits, labels, iterations=100):
     return math.exp(min(candidates)[1])
 
 
-def fit_temperatures(exit_logits):
-    """One temperature per exit, fitted on ``exit_logits`` (an ``ExitLogits``)."""
-    return [fit_temperature(exit_logits.logits[:, n], exit_logits.labels)
-            for n in range(exit_logits.n_exits)]
+def fit_temperatures(outputs):
+    """One temperature per exit, fitted on the logits of ``outputs`` (an ``ExitOutputs``)."""
+    logits = logits_of(outputs)
+    return [fit_temperature(logits[:, n], outputs.labels) for n in range(outputs.n_exits)]
 
 
 def confidence(logits, temperature=1.0):
@@ -157,12 +123,12 @@ def exit_report(logits, labels, temperature, bins=ECE_BINS):
 
 
 def calibration_report(temperatures, sets, bins=ECE_BINS):
-    """Per exit: its temperature and, for each named ``ExitLogits`` in ``sets`` (e.g.
+    """Per exit: its temperature and, for each named ``ExitOutputs`` in ``sets`` (e.g.
     ``{"fit": ..., "held_out": ...}``), the ECE, NLL and reliability before and after."""
     exits = []
     for n, t in enumerate(temperatures):
         exits.append({"exit": n + 1, "temperature": float(t),
-                      **{name: {"samples": len(s), **exit_report(s.logits[:, n], s.labels, t, bins)}
+                      **{name: {"samples": len(s), **exit_report(logits_of(s)[:, n], s.labels, t, bins)}
                          for name, s in sets.items()}})
     return {"method": "temperature scaling per exit, NLL minimised by golden-section search "
                       f"on log T in [{T_MIN:g}, {T_MAX:g}]",
@@ -170,17 +136,14 @@ def calibration_report(temperatures, sets, bins=ECE_BINS):
             "exits": exits}
 
 
-def rescore(outputs, exit_logits, temperatures):
-    """``outputs`` (an ``ExitOutputs``) with every exit's score recomputed by its criterion
-    from ``logits / T_n``; predictions are unchanged (checked against the logits)."""
-    if exit_logits.logits.shape[:2] != outputs.scores.shape:
-        raise ValueError(f"logits of shape {exit_logits.logits.shape} do not match exit "
-                         f"outputs of {outputs.scores.shape} (samples, exits)")
-    if not np.array_equal(exit_logits.logits.argmax(axis=2), outputs.predictions) or \
-            not np.array_equal(exit_logits.labels, outputs.labels):
-        raise ValueError("the logits do not belong to these exit outputs (their argmax or "
-                         "labels differ); compute both from the same weights and inputs")
+def rescore(outputs, temperatures):
+    """``outputs`` (an ``ExitOutputs`` with logits) with every exit's score recomputed by its
+    criterion from ``logits / T_n``; predictions are kept (T > 0 keeps the argmax)."""
+    logits = logits_of(outputs)
+    if len(temperatures) != outputs.n_exits:
+        raise ValueError(f"{outputs.n_exits} exits need {outputs.n_exits} temperatures, got "
+                         f"{len(temperatures)}")
     score = get_criterion(outputs.criterion)
-    scores = np.stack([score(exit_logits.logits[:, n] / np.float32(t))
+    scores = np.stack([score(logits[:, n] / np.float32(t))
                        for n, t in enumerate(temperatures)], axis=1).astype(outputs.scores.dtype)
     return ExitOutputs(scores, outputs.predictions, outputs.labels, outputs.criterion)

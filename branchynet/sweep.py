@@ -1,13 +1,16 @@
 """The exact threshold sweep: run every exit once, then evaluate any threshold vector.
 
 ``collect_exit_outputs`` runs the whole B-net (all exits) over a dataset in batches and
-keeps, per sample and exit, the exit score (entropy by default, or another criterion of
-``branchynet.routing.CRITERIA``) and the predicted label. For a
-threshold vector T, a sample's exit is the first n with score_n < T_n (else the last), so
-``evaluate_grid`` computes the accuracy and exit counts of every grid point exactly from
-those arrays, without running the network again.
+keeps every exit's logits; per sample and exit, the exit score (entropy by default, or
+another criterion of ``branchynet.routing.CRITERIA``) and the predicted label derive from
+them (``ExitOutputs``). For a threshold vector T, a sample's exit is the first n with
+score_n < T_n (else the last), so ``evaluate_grid`` computes the accuracy and exit counts
+of every grid point exactly from those arrays, without running the network again.
 """
+import dataclasses
 import itertools
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,12 +40,37 @@ def default_grid(criterion, network_grid):
 
 @dataclass
 class ExitOutputs:
-    """Per-sample results of every exit: ``scores`` and ``predictions`` are (samples, exits)."""
+    """Every exit's output on every sample of a split: ``scores`` and ``predictions`` are
+    (samples, exits), ``logits`` (samples, exits, classes) what they come from.
+
+    Made by ``from_logits`` (as ``collect_exit_outputs`` does), scores (``criterion`` of
+    each exit's logits) and predictions (their argmax) are derived, and a file keeps the
+    logits alone. Outputs made without logits (files written before December 2026,
+    synthetic scores) keep their scores and predictions as stored; logits added to them
+    later (``with_logits``) leave the stored scores as they are.
+    """
     scores: np.ndarray
     predictions: np.ndarray
     labels: np.ndarray
     criterion: str = "entropy"
     key: str = ""  # what made them (JSON: weights and inputs hashes), see branchynet.provenance
+    logits: np.ndarray = None
+    derived: bool = False  # scores and predictions computed from ``logits`` (not saved)
+
+    @classmethod
+    def from_logits(cls, logits, labels, criterion="entropy", key=""):
+        """Outputs whose scores and predictions derive from ``logits`` (samples, exits,
+        classes), each exit's scored by ``criterion`` on the host."""
+        score = get_criterion(criterion)
+        logits = np.asarray(logits)
+        if logits.ndim != 3:
+            raise ValueError(f"exit logits must be (samples, exits, classes), got shape "
+                             f"{logits.shape}")
+        scores = np.stack([score(np.ascontiguousarray(logits[:, n]))
+                           for n in range(logits.shape[1])], axis=1)
+        predictions = logits.argmax(axis=2).astype(np.int32)
+        return cls(scores, predictions, np.asarray(labels, np.int32), criterion, key, logits,
+                   derived=True)
 
     @property
     def n_exits(self):
@@ -54,49 +82,98 @@ class ExitOutputs:
     def take(self, index):
         """The outputs of the samples ``index`` (a slice, indices or a mask)."""
         return ExitOutputs(self.scores[index], self.predictions[index], self.labels[index],
-                           self.criterion)
+                           self.criterion,
+                           logits=None if self.logits is None else self.logits[index],
+                           derived=self.derived)
+
+    def with_logits(self, logits):
+        """These outputs with the ``logits`` they were made from; their scores stay as they
+        are. Refused unless the logits' argmax is every prediction."""
+        logits = np.asarray(logits)
+        if logits.shape[:2] != self.scores.shape:
+            raise ValueError(f"logits of shape {logits.shape} do not match exit outputs of "
+                             f"{self.scores.shape} (samples, exits)")
+        if not np.array_equal(logits.argmax(axis=2), self.predictions):
+            raise ValueError("the logits do not belong to these exit outputs (their argmax "
+                             "differs from the predictions); compute both from the same "
+                             "weights and inputs")
+        return dataclasses.replace(self, logits=logits, derived=False)
 
     def exit_accuracies(self):
         """Accuracy of each exit if every sample took it."""
         return (self.predictions == self.labels[:, None]).mean(axis=0)
 
     def save(self, path):
+        """Write the logits (scores and predictions derive from them), or where there are
+        none or the scores were stored before them, the scores and predictions too."""
         from branchynet.io import atomic_path
+        fields = {"labels": self.labels, "criterion": self.criterion, "key": self.key}
+        if self.logits is not None:
+            fields["logits"] = self.logits
+        if not self.derived:
+            fields.update(scores=self.scores, predictions=self.predictions)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, scores=self.scores, predictions=self.predictions,
-                         labels=self.labels, criterion=self.criterion, key=self.key)
+                np.savez_compressed(f, **fields)
 
     @classmethod
     def load(cls, path):
+        """Outputs saved by ``save``, or written before December 2026: scores and
+        predictions alone, with the logits of a ``exit_logits[_val].npz`` beside them
+        where that file's key names the same weights and inputs."""
         with np.load(path) as data:
-            key = str(data["key"]) if "key" in data.files else ""
-            return cls(data["scores"], data["predictions"], data["labels"],
-                       str(data["criterion"]), key)
+            kept = {name: data[name] for name in data.files}
+        criterion = str(kept.get("criterion", "entropy"))
+        key = str(kept.get("key", ""))
+        if "scores" not in kept:
+            if "logits" not in kept:
+                raise ValueError(f"{path} holds neither exit logits nor scores")
+            return cls.from_logits(kept["logits"], kept["labels"], criterion, key)
+        outputs = cls(kept["scores"], kept["predictions"], kept["labels"], criterion, key)
+        logits = kept.get("logits")
+        if logits is None:
+            logits = _legacy_logits(path, key)
+        return outputs if logits is None else outputs.with_logits(logits)
+
+
+def _legacy_logits(path, key):
+    """The logits that folders written before December 2026 kept apart, in
+    ``exit_logits.npz`` (test) and ``exit_logits_val.npz`` beside the B-net's exit outputs,
+    when their key names the weights and inputs of ``key``; else None."""
+    name = os.path.basename(path)
+    if not key or not name.startswith("exit_outputs") or name.endswith("_baseline.npz"):
+        return None
+    other = os.path.join(os.path.dirname(path), "exit_logits_val.npz"
+                         if name.startswith("exit_outputs_val") else "exit_logits.npz")
+    if not os.path.exists(other):
+        return None
+    made_from = json.loads(key)
+    made_from.pop("criterion", None)
+    with np.load(other) as data:
+        if json.loads(str(data["key"])) != made_from:
+            return None
+        return data["logits"]
 
 
 def collect_exit_outputs(net, x, y, batch_size=1000, device=None, criterion="entropy",
                          progress=False):
-    """Run every exit of ``net`` over ``x`` (host arrays) and return ``ExitOutputs``.
+    """Run every exit of ``net`` over ``x`` (host arrays) and return their ``ExitOutputs``.
 
-    Scores and predictions are computed on the network's device; one transfer per batch.
+    Every exit's logits come to the host once per batch; scores and predictions derive
+    from them there (``ExitOutputs.from_logits``).
     """
     device = device or net.device
-    score = get_criterion(criterion)
-    scores, predictions = [], []
+    get_criterion(criterion)  # an unknown criterion fails before the network runs
+    chunks = []
     starts = range(0, len(x), batch_size)
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc="exit outputs", unit="batch", leave=False)
     for start in starts:
-        xb = device.send(x[start:start + batch_size])
-        logits = net.predict_all_exits(xb)
+        logits = net.predict_all_exits(device.send(x[start:start + batch_size]))
         xp = backend.get_array_module(logits[0])
-        scores.append(backend.CpuDevice().send(xp.stack([score(z) for z in logits], axis=1)))
-        predictions.append(backend.CpuDevice().send(
-            xp.stack([z.argmax(axis=1) for z in logits], axis=1).astype(np.int32)))
-    return ExitOutputs(np.concatenate(scores), np.concatenate(predictions),
-                       np.asarray(y, np.int32), criterion)
+        chunks.append(backend.CpuDevice().send(xp.stack(logits, axis=1)))
+    return ExitOutputs.from_logits(np.concatenate(chunks), y, criterion)
 
 
 def threshold_grid(values, n_exits):

@@ -59,14 +59,13 @@ def _calibrate(target, y, easiness, noise_n, classes):
 
 
 def synthetic_exit_outputs(samples, n_exits, seed=0, criterion="entropy", accuracies=None,
-                           classes=10, rho=0.5, sigma=6.0, logit_scales=None,
-                           return_logits=False):
-    """``ExitOutputs`` of ``samples`` synthetic samples at ``n_exits`` exits (see module);
-    with ``return_logits``, also the logits, shape (samples, exits, classes)."""
+                           classes=10, rho=0.5, sigma=6.0, logit_scales=None):
+    """``ExitOutputs`` of ``samples`` synthetic samples at ``n_exits`` exits (see module),
+    scores and predictions derived from their logits."""
     accuracies = default_accuracies(n_exits) if accuracies is None else tuple(accuracies)
     if len(accuracies) != n_exits:
         raise ValueError(f"{len(accuracies)} accuracies given for {n_exits} exits")
-    score = get_criterion(criterion)
+    get_criterion(criterion)
     # Strengths calibrated once on a fixed draw, so every seed samples one distribution.
     cal = _draw(np.random.RandomState(12345), 20000, n_exits, classes, rho, sigma)
     strengths = [_calibrate(a, cal[0], cal[1], cal[2][n], classes)
@@ -75,7 +74,4 @@ def synthetic_exit_outputs(samples, n_exits, seed=0, criterion="entropy", accura
     scales = np.asarray(np.ones(n_exits) if logit_scales is None else logit_scales, np.float32)
     logits = [_logits(g, y, easiness, noise[n], classes) * scales[n]
               for n, g in enumerate(strengths)]
-    outputs = ExitOutputs(np.stack([score(z) for z in logits], axis=1),
-                          np.stack([z.argmax(axis=1) for z in logits], axis=1).astype(np.int32),
-                          y, criterion)
-    return (outputs, np.stack(logits, axis=1)) if return_logits else outputs
+    return ExitOutputs.from_logits(np.stack(logits, axis=1), y, criterion)

@@ -9,7 +9,8 @@ the results folder. Caches (weights, exit outputs, timings) are reused only when
 they carry (hashes of the weights and inputs, the machine and BLAS settings) matches.
 
 Everything after ``measure`` is derived from two kinds of files alone: the exit outputs
-(``exit_outputs*.npz``) and the timing record (``timing_<device>.json``). ``derive``
+(``exit_outputs*.npz``: every exit's logits, from which scores and predictions derive) and
+the timing record (``timing_<device>.json``). ``derive``
 rebuilds the sweep, frontier, knee, choices on validation and Table I rows from them, so
 ``recompute`` re-derives a committed folder without training or timing.
 """
@@ -42,11 +43,9 @@ from branchynet.timing import (Interleaved, check_point, check_trunks, interval_
                                measure_latency, path_name, path_summary)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from experiments.compare import first_difference
+from experiments.errors import SettingsError
 from networks import get_network
 from experiments import guarantee
-
-class SettingsError(ValueError):
-    """Settings that cannot work with this data or results folder (the runner: exit 2)."""
 
 
 # Settings that determine the trained weights: a results folder holds one such setting.
@@ -317,8 +316,9 @@ class Experiment:
     # -- 3. exit outputs -------------------------------------------------------------------
 
     def exit_outputs(self, device):
-        """Every exit's score and prediction on the test (and validation) samples, and the
-        baseline's, each cached in the folder with the key of its weights and inputs."""
+        """Every exit's logits (scores and predictions derive from them) on the test (and
+        validation) samples, and the baseline's, each cached in the folder with the key of
+        its weights and inputs."""
         self.outputs = self._cached("branchynet", "test", device)
         self.baseline_outputs = self._cached("baseline", "test", device)
         if self.data.val_x is not None:
@@ -341,6 +341,9 @@ class Experiment:
         if os.path.exists(path):
             cached = ExitOutputs.load(path)
             if cached.key == key:
+                if cached.logits is None and weights == "branchynet" and getattr(
+                        self.s, "calibrate", False):
+                    return self._add_logits(cached, path, x, device)
                 return cached
             self.log(f"[{name}] made with other weights or inputs: computing it again")
         net.to_device(device)
@@ -349,6 +352,49 @@ class Experiment:
         outputs.key = key
         outputs.save(path)
         return outputs
+
+    def _add_logits(self, outputs, path, x, device):
+        """B-net exit outputs read from a file without logits (written before December
+        2026), with the logits its weights give on ``x`` now, saved beside its scores;
+        those stay as stored."""
+        self.branchy.to_device(device)
+        fresh = collect_exit_outputs(self.branchy, x, outputs.labels, device=device,
+                                     progress=not self.s.no_progress)
+        try:
+            outputs = outputs.with_logits(fresh.logits)
+        except ValueError as err:
+            raise SettingsError(f"{path}: {err}") from None
+        outputs.save(path)
+        self.log(f"{path}: every exit's logits on {len(outputs)} samples added (for "
+                 f"--calibrate); its scores and predictions kept as they were")
+        return outputs
+
+    def add_missing_logits(self):
+        """``--from-results --calibrate`` on a folder whose B-net exit outputs hold no logits:
+        compute them from its weights on the CPU (inference only; needs the data), checking
+        the inputs are those the outputs were made from."""
+        import chainer
+        from branchynet.training import load_weights
+        missing = [(split, outputs) for split, outputs in (("test", self.outputs),
+                                                           ("val", self.val_outputs))
+                   if outputs is not None and outputs.logits is None]
+        if not missing:
+            return
+        config, self.s.timing_samples = self.config, 0
+        self.load_data()
+        self.config = config  # as committed: the derived files are compared with it
+        self.build_networks()
+        load_weights(self.path("branchynet.npz"), self.branchy)
+        for split, outputs in missing:
+            x = getattr(self.data, f"{split}_x")
+            made_from = json.loads(outputs.key)["inputs"] if outputs.key else None
+            if made_from and made_from != array_sha256(x):
+                raise SettingsError(f"the {split} inputs read now are not those of the "
+                                    f"committed exit outputs (another data folder or "
+                                    f"version?): logits not computed")
+            name = "exit_outputs" + ("_val" if split == "val" else "") + self.suffix + ".npz"
+            setattr(self, "outputs" if split == "test" else "val_outputs",
+                    self._add_logits(outputs, self.path(name), x, chainer.get_device("@numpy")))
 
     def load_cached_outputs(self):
         """The folder's exit outputs as they are (``recompute``: no data, no networks)."""
@@ -741,8 +787,6 @@ class Experiment:
             return {"config": self.config, "trained_only": True}, []
         self.exit_outputs(train_device)
         guarantee_settings = guarantee.settings_of(self.s)
-        if guarantee_settings and guarantee_settings["calibrate"]:
-            guarantee.compute_logits(self, train_device)
         self.evaluate()
         self.log(format_costs(self.spec, self.costs))
         results, infeasible = [], []
@@ -841,6 +885,8 @@ class Experiment:
         if verify_outputs:
             self.locate_recorded_data()
         self.load_cached_outputs()
+        if getattr(self.s, "calibrate", False):
+            self.add_missing_logits()
         self.evaluate()
         problems = []
         if verify_outputs:

@@ -2,8 +2,8 @@
 
 Derived, like the rest of a results folder, from exit outputs and the timing profile only:
 
-* ``--calibrate``: every exit's logits on the validation and test samples
-  (``exit_logits_val.npz``, ``exit_logits.npz``, computed once from the weights); one
+* ``--calibrate``: every exit's logits on the validation and test samples, as the exit
+  outputs keep them (``exit_outputs_val.npz``, ``exit_outputs.npz``); one
   temperature per exit fitted on a seeded half of the validation samples (``FIT_FRACTION``);
   ``calibration.json`` (T, ECE and NLL before/after on the fitting half, the other half and
   the test set) and ``reliability.png`` (the held-out half). The guarantee is then tested
@@ -22,15 +22,14 @@ import tempfile
 
 import numpy as np
 
-from branchynet.calibration import (ExitLogits, calibration_report, collect_exit_logits,
-                                    fit_temperatures, rescore)
+from branchynet.calibration import calibration_report, fit_temperatures, rescore
 from branchynet.io import read_json, write_json, write_text
-from branchynet.provenance import array_sha256, file_sha256
 from branchynet.report import plot_reliability, write_csv
 from branchynet.risk import (common_family, family_vectors, ltt_select, plain_select,
                              sample_losses)
 from branchynet.sweep import evaluate_grid, predict_runtime
 from branchynet.timing import Interleaved, path_summary
+from experiments.errors import SettingsError
 
 FIT_FRACTION = 0.5
 DIGITS = 6  # significant digits kept of fitted temperatures and reported calibration errors
@@ -62,69 +61,6 @@ def _rounded(obj):
     return obj
 
 
-# -- logits -------------------------------------------------------------------------------
-
-def logits_name(split):
-    return "exit_logits" + ("_val" if split == "val" else "") + ".npz"
-
-
-def compute_logits(exp, device):
-    """Every exit's logits on the test and validation samples, cached in the folder with the
-    key of the weights and inputs (``exp`` has its data and B-net loaded)."""
-    for split in ("test", "val") if exp.data.val_x is not None else ("test",):
-        x, y = getattr(exp.data, f"{split}_x"), getattr(exp.data, f"{split}_y")
-        key = json.dumps({"weights": file_sha256(exp.path("branchynet.npz")),
-                          "inputs": array_sha256(x), "labels": array_sha256(y)}, sort_keys=True)
-        path = exp.path(logits_name(split))
-        if os.path.exists(path) and ExitLogits.load(path).key == key:
-            continue
-        exp.branchy.to_device(device)
-        logits = collect_exit_logits(exp.branchy, x, y, device=device)
-        logits.key = key
-        logits.save(path)
-        exp.log(f"{path}: every exit's logits on {len(y)} {split} samples")
-
-
-def load_logits(exp):
-    """The folder's (test, validation) logits; a clear error when they are missing."""
-    found = []
-    for split in ("test", "val"):
-        path = exp.path(logits_name(split))
-        if not os.path.exists(path):
-            from experiments.experiment import SettingsError
-            raise SettingsError(
-                f"{path} is missing: --calibrate needs every exit's logits. Compute them from "
-                f"the committed weights (inference only, needs the data): python -m "
-                f"experiments.run --from-results {exp.out} --calibrate --data-dir DIR")
-        found.append(ExitLogits.load(path))
-    return found
-
-
-def ensure_logits(exp):
-    """``--from-results --calibrate`` on a folder without logits: load its data and weights
-    and compute them on the CPU (inference only), checking the inputs are those of its
-    exit outputs."""
-    import chainer
-    from branchynet.training import load_weights
-    exp.load_cached_outputs()
-    splits = ("test", "val") if exp.val_outputs is not None else ("test",)
-    if all(os.path.exists(exp.path(logits_name(split))) for split in splits):
-        return
-    exp.s.timing_samples = 0
-    exp.load_data()
-    exp.build_networks()
-    load_weights(exp.path("branchynet.npz"), exp.branchy)
-    for split, outputs in zip(splits, (exp.outputs, exp.val_outputs)):
-        made_from = json.loads(outputs.key)["inputs"] if outputs.key else None
-        x = getattr(exp.data, f"{split}_x")
-        if made_from and made_from != array_sha256(x):
-            from experiments.experiment import SettingsError
-            raise SettingsError(f"the {split} inputs read now are not those of the committed "
-                                f"exit outputs (another data folder or version?): logits not "
-                                f"computed")
-    compute_logits(exp, chainer.get_device("@numpy"))
-
-
 # -- calibration --------------------------------------------------------------------------
 
 def fit_split(n, seed):
@@ -137,15 +73,20 @@ def fit_split(n, seed):
 
 def calibrate(exp):
     """Temperatures and the calibration report; the held-out validation positions."""
-    test_logits, val_logits = load_logits(exp)
-    fit, held = fit_split(len(exp.val_outputs), exp.s.seed)
-    temperatures = [_round(t) for t in fit_temperatures(val_logits.take(fit))]
-    report = calibration_report(temperatures, {"fit": val_logits.take(fit),
-                                               "held_out": val_logits.take(held),
-                                               "test": test_logits})
+    test, val = exp.outputs, exp.val_outputs
+    if test.logits is None or val.logits is None:
+        raise SettingsError(
+            f"{exp.out}: its exit outputs hold no logits (written before December 2026), and "
+            f"calibration needs every exit's logits. Add them from the committed weights "
+            f"(inference only, needs the data): python -m experiments.run --from-results "
+            f"{exp.out} --calibrate --data-dir DIR")
+    fit, held = fit_split(len(val), exp.s.seed)
+    temperatures = [_round(t) for t in fit_temperatures(val.take(fit))]
+    report = calibration_report(temperatures, {"fit": val.take(fit), "held_out": val.take(held),
+                                               "test": test})
     report.update(fit_samples=len(fit), held_out_samples=len(held), seed=exp.s.seed,
                   fit_fraction=FIT_FRACTION)
-    return temperatures, _rounded(report), held, test_logits, val_logits
+    return temperatures, _rounded(report), held
 
 
 def write_calibration(out, report, title):
@@ -165,9 +106,9 @@ def derive(exp, record, settings):
     val, test = exp.val_outputs, exp.outputs
     temperatures = report = None
     if settings["calibrate"]:
-        temperatures, report, held, test_logits, val_logits = calibrate(exp)
-        val = rescore(val.take(held), val_logits.take(held), temperatures)
-        test = rescore(test, test_logits, temperatures)
+        temperatures, report, held = calibrate(exp)
+        val = rescore(val.take(held), temperatures)
+        test = rescore(test, temperatures)
     classes = int(val.labels.max()) + 1
     values = common_family(val.criterion, classes)
     family = family_vectors(values, val.n_exits)
@@ -286,10 +227,10 @@ def recompute(exp, tag, record, settings):
                                      _reliability_title(exp))
                 exp.log(f"{committed}: written (the first derivation of these settings)")
             elif _text(committed) != _text(fresh):
-                problems.append(f"{committed}: differs from what its exit outputs, logits and "
+                problems.append(f"{committed}: differs from what its exit outputs and "
                                 f"timing_{tag}.json give")
             else:
-                exp.log(f"{committed}: identical to what its exit outputs, logits and "
+                exp.log(f"{committed}: identical to what its exit outputs and "
                         f"timing_{tag}.json give")
     return problems
 

@@ -89,7 +89,6 @@ from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
 from branchynet.datasets import DatasetError
 from experiments import seeds
-from experiments import guarantee
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
 from branchynet.routing import CRITERIA
 from branchynet.selection import SEARCHES
@@ -598,8 +597,6 @@ def recompute(args, log=print):
         experiment.s.data_dir = args.data_dir
         for name in ("calibrate", "risk_epsilon", "risk_delta", "risk_loss"):
             setattr(experiment.s, name, getattr(args, name))
-        if args.calibrate:
-            guarantee.ensure_logits(experiment)
         problems = experiment.recompute(args.verify_outputs, rewrite=args.rewrite_derived)
     for problem in problems:
         log(f"error: {problem}")

@@ -444,7 +444,7 @@ half (the validation set a user would have) and a held-out half (new data).
 **Calibration.** One temperature per exit, fitted on the calibration half by minimising
 the NLL; ECE (15 equal-width bins) and NLL before and after, on the held-out half."""),
         code(f"""import sys
-from branchynet.calibration import ExitLogits, calibration_report, fit_temperatures, rescore
+from branchynet.calibration import calibration_report, fit_temperatures, rescore
 from branchynet.io import read_json
 from branchynet.report import reliability_figure
 from branchynet.risk import common_family, family_vectors, ltt_select, plain_select
@@ -453,14 +453,13 @@ from branchynet.timing import Interleaved, path_summary
 
 committed = os.path.join(root, "results", "{folder}")
 all_outputs = ExitOutputs.load(os.path.join(committed, "exit_outputs.npz"))
-all_logits = ExitLogits.load(os.path.join(committed, "exit_logits.npz"))
 profile = path_summary(Interleaved.from_json(read_json(os.path.join(committed, "timing_cpu.json"))["profile"]),
                        all_outputs.n_exits)
 order = np.random.RandomState(0).permutation(len(all_outputs))
 cal, held = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
-temperatures = fit_temperatures(all_logits.take(cal))
-report = calibration_report(temperatures, {{"calibration": all_logits.take(cal),
-                                            "held_out": all_logits.take(held)}})
+temperatures = fit_temperatures(all_outputs.take(cal))
+report = calibration_report(temperatures, {{"calibration": all_outputs.take(cal),
+                                            "held_out": all_outputs.take(held)}})
 for e in report["exits"]:
     h = e["held_out"]
     print(f"exit {{e['exit']}}: T = {{e['temperature']:.3f}}; held-out ECE "
@@ -475,8 +474,8 @@ the committed exit-path latencies."""),
         code("""epsilon, delta = 0.005, 0.1
 family = family_vectors(common_family("entropy", 10), all_outputs.n_exits)
 variants = {"raw": (all_outputs.take(cal), all_outputs.take(held)),
-            "calibrated": (rescore(all_outputs.take(cal), all_logits.take(cal), temperatures),
-                           rescore(all_outputs.take(held), all_logits.take(held), temperatures))}
+            "calibrated": (rescore(all_outputs.take(cal), temperatures),
+                           rescore(all_outputs.take(held), temperatures))}
 last = evaluate_grid(all_outputs.take(held), family[:1]).accuracy[0]
 for name, (cal_outputs, held_outputs) in variants.items():
     chosen = ltt_select(cal_outputs, profile["path_ms"], epsilon, delta, family)

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from branchynet.calibration import (ExitLogits, collect_exit_logits, ece, confidence,
-                                    fit_temperature, rescore)
+from branchynet.calibration import ece, confidence, fit_temperature, rescore
 from branchynet.risk import (binomial_pvalue, common_family, family_vectors,
                              hoeffding_bentkus_pvalue, ltt_select, sample_losses)
 from branchynet.sweep import ExitOutputs, collect_exit_outputs, exit_indices
@@ -61,16 +60,17 @@ def test_ece_is_small_when_calibrated_and_large_when_not():
     assert ece(confidence(z * 3, 3.0), correct) < 0.015
 
 
-def test_rescore_keeps_predictions_and_checks_its_logits():
+def test_rescore_keeps_predictions_and_needs_the_logits():
     outputs = ExitOutputs.load(os.path.join(LENET, "exit_outputs.npz"))
-    logits = ExitLogits.load(os.path.join(LENET, "exit_logits.npz"))
-    same = rescore(outputs, logits, [1.0, 1.0])
-    np.testing.assert_allclose(same.scores, outputs.scores, rtol=1e-4, atol=1e-6)
-    hot = rescore(outputs, logits, [2.0, 0.5])
+    same = rescore(outputs, [1.0, 1.0])
+    np.testing.assert_array_equal(same.scores, outputs.scores)
+    hot = rescore(outputs, [2.0, 0.5])
     np.testing.assert_array_equal(hot.predictions, outputs.predictions)
     assert (hot.scores[:, 0] >= same.scores[:, 0] - 1e-6).mean() > 0.99  # hotter: less sure
-    with pytest.raises(ValueError, match="do not belong"):
-        rescore(outputs, logits.take(slice(None, None, -1)), [1.0, 1.0])
+    with pytest.raises(ValueError, match="2 exits need 2 temperatures"):
+        rescore(outputs, [1.0])
+    with pytest.raises(ValueError, match="hold no logits"):
+        rescore(ExitOutputs(outputs.scores, outputs.predictions, outputs.labels), [1.0, 1.0])
 
 
 def test_routing_with_temperatures_agrees_with_the_rescored_sweep(lenet_pair, mnist):
@@ -79,7 +79,7 @@ def test_routing_with_temperatures_agrees_with_the_rescored_sweep(lenet_pair, mn
     device = chainer.get_device("@numpy")
     outputs = collect_exit_outputs(branchy, x, y, device=device)
     temperatures = [2.0, 1.0]
-    rescored = rescore(outputs, collect_exit_logits(branchy, x, y, device=device), temperatures)
+    rescored = rescore(outputs, temperatures)
     t = float(np.median(rescored.scores[:, 0]))
     _, exits = branchy.predict(x, [t], temperatures=temperatures)
     np.testing.assert_array_equal(exits, exit_indices(rescored, [t])[0])
@@ -241,15 +241,20 @@ TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "1
         "--no-progress", "--val-size", "600"]
 
 
-def test_runner_writes_calibration_and_guarantee(tmp_path):
+def test_runner_writes_calibration_and_guarantee(tmp_path, capsys):
     from experiments.run import main
     out = str(tmp_path / "run")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         main(TINY + ["--out", out, "--calibrate", "--risk-epsilon", "2", "--risk-delta", "0.2"])
-    for name in ("exit_logits.npz", "exit_logits_val.npz", "calibration.json",
-                 "reliability.png", "guarantee_cpu_calibrated.json", "guarantee_cpu_calibrated.csv"):
+    for name in ("calibration.json", "reliability.png", "guarantee_cpu_calibrated.json",
+                 "guarantee_cpu_calibrated.csv"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+    # One cache: the exit outputs keep every exit's logits, and calibration reads them there.
+    assert not [n for n in os.listdir(out) if n.startswith("exit_logits")]
+    for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
+        with np.load(os.path.join(out, name)) as data:
+            assert "logits" in data.files and "scores" not in data.files
     with open(os.path.join(out, "guarantee_cpu_calibrated.json")) as f:
         doc = json.load(f)
     assert doc["rows"][2]["guarantee"].startswith("P(accuracy lost vs the last exit > 2 pp) <= 0.2")
@@ -270,3 +275,24 @@ def test_runner_writes_calibration_and_guarantee(tmp_path):
         doc = json.load(f)
     assert doc["feasible"] is False and doc["samples_needed"] > 600
     assert doc["rows"][2]["selection"] == "Learn-then-Test: INFEASIBLE, last exit kept"
+    # The same folder as written before December 2026: scores and predictions, no logits.
+    # Its calibration is refused with the fix; --calibrate adds the logits from the weights,
+    # the stored scores stay, and every file still re-derives identically.
+    for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
+        made = ExitOutputs.load(os.path.join(out, name))
+        np.savez(os.path.join(out, name), scores=made.scores, predictions=made.predictions,
+                 labels=made.labels, criterion=made.criterion, key=made.key)
+    capsys.readouterr()
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as stop:
+        main(["--from-results", out])
+    assert stop.value.code == 2
+    assert "hold no logits" in capsys.readouterr().err
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--from-results", out, "--calibrate"]) is True
+    assert "exit_outputs_val.npz: every exit's logits on 600 samples added" in printed.getvalue()
+    for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
+        with np.load(os.path.join(out, name)) as data:
+            assert {"scores", "logits"} <= set(data.files)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--from-results", out]) is True

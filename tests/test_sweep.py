@@ -1,12 +1,19 @@
 """The cached sweep is exact: it equals real early-exit inference at every checked point."""
+import os
+import shutil
+
 import branchynet  # noqa: F401
 import numpy as np
 import pytest
 
+from branchynet.calibration import rescore
 from branchynet.frontier import inc_points, knee
+from branchynet.routing import get_criterion
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
                               first_exit_curve, predict_runtime, threshold_grid)
 from networks import get_network
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
 
 def test_threshold_grid_is_the_product_in_the_authors_order():
@@ -70,6 +77,72 @@ def test_exit_outputs_round_trip(tmp_path):
     back = ExitOutputs.load(str(tmp_path / "o.npz"))
     np.testing.assert_array_equal(back.scores, outputs.scores)
     assert back.criterion == "entropy"
+
+
+def test_one_file_keeps_the_logits_and_the_scores_derive_from_them(lenet_pair, mnist, tmp_path):
+    _, branchy = lenet_pair
+    x, y = mnist.test_x[:300], mnist.test_y[:300]
+    path = str(tmp_path / "exit_outputs.npz")
+    for criterion in ("entropy", "margin"):
+        outputs = collect_exit_outputs(branchy, x, y, batch_size=100, criterion=criterion)
+        outputs.save(path)
+        with np.load(path) as data:
+            assert sorted(data.files) == ["criterion", "key", "labels", "logits"]
+        back = ExitOutputs.load(path)
+        assert back.criterion == criterion and back.derived
+        for name in ("logits", "scores", "predictions", "labels"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(outputs, name))
+        # Bit for bit what the criterion gives on a batch of logits, as the routing scores it.
+        score, logits = get_criterion(criterion), branchy.predict_all_exits(x[:100])
+        np.testing.assert_array_equal(back.scores[:100], np.stack([score(z) for z in logits], 1))
+        np.testing.assert_array_equal(back.predictions[:100],
+                                      np.stack([z.argmax(axis=1) for z in logits], 1))
+
+
+@pytest.mark.parametrize("folder, name", [("cpu-lenet_mnist", "exit_outputs.npz"),
+                                          ("cpu-alexnet_cifar10-val", "exit_outputs.npz"),
+                                          ("cpu-alexnet_cifar10-val", "exit_outputs_val.npz")])
+def test_an_old_folder_loads_its_scores_with_the_logits_kept_beside_them(folder, name):
+    """Written before December 2026: scores and predictions, the logits apart in
+    exit_logits[_val].npz. One load gives both, and the scores derived from those logits
+    are the stored ones, bit for bit."""
+    path = os.path.join(RESULTS, folder, name)
+    with np.load(path) as data:
+        assert "scores" in data.files and "logits" not in data.files
+        stored = data["scores"]
+    outputs = ExitOutputs.load(path)
+    assert outputs.logits is not None and not outputs.derived
+    np.testing.assert_array_equal(outputs.scores, stored)
+    derived = ExitOutputs.from_logits(outputs.logits, outputs.labels, outputs.criterion)
+    np.testing.assert_array_equal(derived.scores, stored)
+    np.testing.assert_array_equal(derived.predictions, outputs.predictions)
+    np.testing.assert_array_equal(rescore(outputs, [1.0] * outputs.n_exits).scores, stored)
+
+
+def test_an_old_file_without_its_logits_keeps_its_stored_scores(tmp_path):
+    source = os.path.join(RESULTS, "cpu-lenet_mnist-paper", "exit_outputs.npz")
+    outputs = ExitOutputs.load(source)
+    assert outputs.logits is None and not outputs.derived and len(outputs) == 10000
+    with pytest.raises(ValueError, match="hold no logits"):
+        rescore(outputs, [1.0, 1.0])
+    # Logits of other weights beside it are not taken, nor any for the baseline's outputs.
+    for name in ("exit_outputs.npz", "exit_outputs_baseline.npz"):
+        shutil.copy(os.path.join(RESULTS, "cpu-lenet_mnist", name), tmp_path)
+    shutil.copy(os.path.join(RESULTS, "cpu-lenet_mnist", "exit_logits.npz"), tmp_path)
+    assert ExitOutputs.load(str(tmp_path / "exit_outputs.npz")).logits is not None
+    assert ExitOutputs.load(str(tmp_path / "exit_outputs_baseline.npz")).logits is None
+    shutil.copy(source, tmp_path)
+    assert ExitOutputs.load(str(tmp_path / "exit_outputs.npz")).logits is None
+    lenet = ExitOutputs.load(os.path.join(RESULTS, "cpu-lenet_mnist", "exit_outputs.npz"))
+    with pytest.raises(ValueError, match="do not belong"):
+        lenet.with_logits(lenet.logits[::-1])
+    # Logits added to stored scores: both saved, and the stored scores stand.
+    kept = lenet.take(slice(0, 50))
+    ExitOutputs(kept.scores + 1, kept.predictions, kept.labels).with_logits(kept.logits).save(
+        str(tmp_path / "both.npz"))
+    back = ExitOutputs.load(str(tmp_path / "both.npz"))
+    np.testing.assert_array_equal(back.scores, kept.scores + 1)
+    np.testing.assert_array_equal(back.logits, kept.logits)
 
 
 def test_inc_points_follow_the_authors_rule():
