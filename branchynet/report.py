@@ -162,17 +162,88 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     return ax.figure
 
 
-def plot_tradeoff(path_stem, *args, **kwargs):
-    """``tradeoff_figure(*args, **kwargs)`` written to ``path_stem``.png and .pdf, atomically."""
+def gain_figure(ax, title, frontiers, baseline_accuracy, knee=None, marks=(), paper=(),
+                labels=("B-net", "baseline")):
+    """Accuracy against the gain over the baseline: the frontier in the paper's terms.
+
+    ``frontiers`` maps a line's label to ``(gains, accuracies)``, drawn in order with
+    solid, dotted, dashed lines (e.g. end to end, then trunk-only); ``knee`` is ``(gain,
+    accuracy)``; ``marks`` are more ``(label, gain, accuracy)`` points of this run;
+    ``paper`` are the paper's own ``(label, gain, accuracy)`` points, drawn in black.
+    The baseline sits at gain 1. Returns the figure.
+    """
+    styles = ("-o", ":s", "--^")
+    for k, (label, (gains, accuracies)) in enumerate(frontiers.items()):
+        order = np.argsort(gains)
+        ax.plot(np.asarray(gains)[order], np.asarray(accuracies)[order], styles[k % 3], ms=3,
+                color=f"C{(0, 2, 9)[k % 3]}", label=label, zorder=2)
+    ax.plot(1, baseline_accuracy, "D", ms=8, color="C3", label=labels[1], zorder=3)
+    if knee is not None:
+        ax.plot(*knee, "*", ms=14, color="C1", label=f"{labels[0]} knee, end to end", zorder=4)
+    for k, (label, gain, accuracy) in enumerate(marks):
+        ax.plot(gain, accuracy, "sv^<>ph"[k % 7], ms=7, mfc="none", mew=1.5,
+                color=f"C{(k + 4) % 10}", label=label, zorder=5)
+    for k, (label, gain, accuracy) in enumerate(paper):
+        ax.plot(gain, accuracy, "XPd"[k % 3], ms=8, color="k", mfc="none" if k else "k",
+                label=label, zorder=6)
+    ax.axvline(1, color="0.6", lw=0.8, zorder=0)
+    ax.set_xlabel("Gain over the baseline (x, batch size 1)")
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def first_exit_figure(exited, accuracy, max_entropy, knee_exited=None, title="", ax=None):
+    """Fig. 4 of the paper: overall accuracy (left axis) and the largest entropy among
+    the samples that left at exit 1 (right axis) against the percentage that left there.
+    The arguments are fractions and entropies as ``branchynet.sweep.first_exit_curve``
+    returns them; ``knee_exited`` (a fraction) marks the knee. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(100 * np.asarray(exited), 100 * np.asarray(accuracy), color="C0")
+    ax.set_xlabel("samples exited at exit 1 (%)")
+    ax.set_ylabel("overall accuracy (%)", color="C0")
+    right = ax.twinx()
+    right.plot(100 * np.asarray(exited), max_entropy, color="C1")
+    right.set_ylabel("max entropy of exited samples", color="C1")
+    if knee_exited is not None:
+        ax.axvline(100 * knee_exited, color="k", ls="--", lw=1, label="knee")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def save_figure(fig, path_stem, formats=("png", "pdf")):
+    """Write ``fig`` to ``path_stem``.<format> for each format, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    for ext in formats:
+        with atomic_path(f"{path_stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)
+
+
+def plot_tradeoff(path_stem, *args, gain_panel=None, **kwargs):
+    """``tradeoff_figure(*args, **kwargs)`` written to ``path_stem``.png and .pdf,
+    atomically; with ``gain_panel`` (``gain_figure``'s keyword arguments) the gain figure
+    is drawn beside it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = tradeoff_figure(*args, **kwargs)
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-    plt.close(fig)
+    if gain_panel is None:
+        fig = tradeoff_figure(*args, **kwargs)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+        tradeoff_figure(*args, ax=left, **kwargs)
+        gain_figure(right, **gain_panel)
+    save_figure(fig, path_stem)
 
 
 def reliability_figure(report, data="held_out", title=""):

@@ -31,7 +31,7 @@ from branchynet.flops import exit_path_costs, expected_macs
 from branchynet.frontier import inc_points, knee, pareto_points, spread_over_runtime
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
-from branchynet.paper import PAPER_T, paper_thresholds
+from branchynet.paper import PAPER_T, paper_rows, paper_thresholds
 from branchynet.provenance import (array_sha256, canonical_key, differences, file_sha256,
                                    machine_key)
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
@@ -616,7 +616,7 @@ class Experiment:
             point = measured[point_name(paper)]
             rows.append(self._point_row(PAPER_T, point, 100 * on_test.accuracy[0],
                                         on_test.exit_fractions[0]))
-            marks.append((f"paper's T = {', '.join(f'{t:g}' for t in paper)}",
+            marks.append((f"this run at the paper's T = {', '.join(f'{t:g}' for t in paper)}",
                           point["stats"]["median_ms"], 100 * on_test.accuracy[0]))
         for rule, chosen in selection["validation"]:
             name = f"val {rule} ({record['settings']['search']})"
@@ -739,7 +739,35 @@ class Experiment:
             labels=(f"B-{self.spec.title}", self.spec.title), marks=result["marks"],
             frontier_err=[_err(p["stats"]) for p in points], baseline_err=_err(base),
             predicted_frontier=(selection["predicted"][frontier],
-                                100 * sweep.accuracy[frontier]))
+                                100 * sweep.accuracy[frontier]),
+            gain_panel=self.gain_panel(result, front, knee_point))
+
+    def gain_panel(self, result, front, knee_point):
+        """The plot's right panel: the measured frontier points' gains, end to end and
+        trunk-only, this run at the paper's T, and the paper's own Table I points."""
+        accuracy = [100 * self.sweep.accuracy[i] for i in front]
+        points = [result["measured"][point_name(self.sweep.thresholds[i])] for i in front]
+        marks, paper_points = [], []
+        paper = self.paper_point()
+        if paper is not None and point_name(paper) in result["measured"]:
+            point = result["measured"][point_name(paper)]
+            on_test = 100 * evaluate_grid(self.outputs, [paper]).accuracy[0]
+            marks = [(f"this run at the paper's T, {how}", point[key]["median"], on_test)
+                     for how, key in (("end to end", "gain"), ("trunk-only", "trunk_gain"))]
+        if paper is not None:
+            for row in paper_rows(self.spec.title, result["tag"]):
+                paper_points.append((f"paper, Table I ({row['selection'][7:-1]}): "
+                                     f"{row['network']}" + (", trunk-only" if row["gain"] else ""),
+                                     row["gain"] or 1.0, row["accuracy"]))
+        return {"title": "the same frontier as a gain over the baseline",
+                "frontiers": {"end to end (measured)": ([p["gain"]["median"] for p in points], accuracy),
+                              "trunk-only (the authors' accounting)":
+                                  ([p["trunk_gain"]["median"] for p in points], accuracy)},
+                "baseline_accuracy": 100 * self.baseline_accuracy(),
+                "knee": (knee_point["gain"]["median"],
+                         100 * self.sweep.accuracy[result["selection"]["knee"]]),
+                "marks": marks, "paper": paper_points,
+                "labels": (f"B-{self.spec.title}", self.spec.title)}
 
     def table_title(self, result):
         record = result["record"]

@@ -8,7 +8,9 @@ finished epoch) and draws, on one figure, the training accuracy of every exit
 (``main/accuracy/exitK``: the running mean over the epoch's batches, in training mode,
 augmented, with dropout) dashed, and the test accuracy (``test/main/accuracy/exitK``:
 every test sample after the epoch, in inference mode; ``branchynet.training.CurveEvaluator``)
-solid. The joint stage's epochs follow the baseline's. Logs written before the test
+solid. The joint stage's epochs follow the baseline's; every stage and exit has its own
+colour. The lower panel zooms on the band the final test accuracies lie in (the
+differences that matter there are tenths of a point). Logs written before the test
 evaluation existed have no test accuracy: then only the training curves are drawn, and the
 title says so. The runner (``experiments.run``) draws it whenever training stops.
 """
@@ -58,6 +60,20 @@ def curves(folder):
 def plot_learning_curve(folder, path=None):
     """Draw ``folder``'s learning curves to ``path`` (default ``folder/learning_curve.png``),
     atomically; returns the path, or None when the folder has no training log yet."""
+    fig = learning_curve_figure(folder)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+    path = path or os.path.join(folder, FILENAME)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def learning_curve_figure(folder):
+    """The learning-curve figure of ``folder`` (full range above, the zoomed band below),
+    or None when the folder has no training log yet."""
     found, offset, config = curves(folder)
     if not found:
         return None
@@ -65,39 +81,56 @@ def plot_learning_curve(folder, path=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401
-    path = path or os.path.join(folder, FILENAME)
-    exits = sorted({c["exit"] for c in found}, key=lambda n: int(n[len("exit"):] or 0))
-    colours = {name: plt.get_cmap("tab10")(i) for i, name in enumerate(exits)}
+    lines = sorted({(c["stage"], c["exit"]) for c in found},
+                   key=lambda k: (STAGES.index(k[0]), int(k[1][len("exit"):] or 0)))
+    palette = ("C3", "C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C7")
+    colours = {key: palette[i % len(palette)] for i, key in enumerate(lines)}
     has_test = any(c["split"] == "test" for c in found)
-    fig, ax = plt.subplots(figsize=(9.5, 5))
+    fig, (ax, zoom) = plt.subplots(2, 1, figsize=(9.5, 8), sharex=True,
+                                   gridspec_kw={"height_ratios": [1, 1.2]})
     first = {(c["stage"], c["exit"]): c["epochs"][0] for c in found if c["split"] == "train"}
     for c in found:
         stage = "baseline" if c["stage"] == "baseline" else "B-net"
         since = c["epochs"][0]
         late = c["split"] == "test" and since > first.get((c["stage"], c["exit"]), since)
-        ax.plot(c["epochs"], c["accuracy"], color=colours[c["exit"]],
-                linestyle="-" if c["split"] == "test" else "--",
-                marker="o" if c["stage"] == "baseline" else ".", markersize=4,
-                label=f"{stage} {c['exit']} {c['split']}"
-                + (f" (from epoch {since})" if late else ""))
-    if any(c["stage"] == "branchynet" for c in found):
-        ax.axvline(offset + 0.5, color="grey", linestyle=":", linewidth=1)
-        ax.text(offset + 0.5, ax.get_ylim()[1], " joint training", color="grey",
-                va="top", fontsize=8)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (baseline, then joint B-net training)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
+        for axis in (ax, zoom):
+            axis.plot(c["epochs"], c["accuracy"], color=colours[(c["stage"], c["exit"])],
+                      linestyle="-" if c["split"] == "test" else "--",
+                      marker="o" if c["stage"] == "baseline" else ".", markersize=3,
+                      label=f"{stage} {c['exit']} {c['split']}"
+                      + (f" (from epoch {since})" if late else ""))
+    zoom.set_ylim(*zoom_band(found))
+    for axis in (ax, zoom):
+        if any(c["stage"] == "branchynet" for c in found):
+            axis.axvline(offset + 0.5, color="grey", linestyle=":", linewidth=1)
+            axis.text(offset + 0.5, axis.get_ylim()[1], " joint training", color="grey",
+                      va="top", fontsize=8)
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+    zoom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    zoom.set_xlabel("epoch (baseline, then joint B-net training)")
+    zoom.set_title("zoomed on the final test accuracies", fontsize=9)
     name = config.get("network", os.path.basename(os.path.normpath(folder)))
     what = config.get("data_name", config.get("dataset", ""))
     test = config.get("learning_curve", {}).get("test_samples")
     ax.set_title(f"{name} {what}: accuracy per epoch\n{subtitle(has_test, test)}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def zoom_band(found):
+    """The lower panel's accuracy range: around the last accuracy of every test curve
+    (every training curve when there is none) and the highest of those curves over the
+    last half of the epochs, with a margin of a quarter of that span (at least 0.1)."""
+    split = "test" if any(c["split"] == "test" for c in found) else "train"
+    curves = [c for c in found if c["split"] == split and c["accuracy"]]
+    last_epoch = max(e for c in curves for e in c["epochs"])
+    late = [a for c in curves for e, a in zip(c["epochs"], c["accuracy"]) if e >= last_epoch / 2]
+    low = min(c["accuracy"][-1] for c in curves)
+    high = max(late + [c["accuracy"][-1] for c in curves])
+    margin = max(0.25 * (high - low), 0.1)
+    return low - margin, min(high + margin, 100 + margin / 4)
 
 
 def subtitle(has_test, test_samples):

@@ -203,3 +203,28 @@ def test_runner_refuses_negative_evaluation_flags(capsys):
         run.parse_args(["--network", "lenet_mnist", "--eval-every", "-1"])
     assert refused.value.code == 2 and "--eval-every and --eval-limit must be >= 0" in \
         capsys.readouterr().err
+
+
+def test_every_stage_and_exit_has_its_colour_and_the_zoom_holds_the_final_accuracies():
+    """On the committed B-LeNet paper run: the baseline's exit 2 and the B-net's exit 2 are
+    told apart by colour, and the lower panel spans the final test accuracies (98.62% at
+    exit 1, 99.17% at exit 2) in a band of about a point, not the 80-100% of the top."""
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "cpu-lenet_mnist-paper")
+    fig = learning_curve.learning_curve_figure(folder)
+    top, zoom = fig.axes
+    colour = {line.get_label(): matplotlib.colors.to_hex(line.get_color())
+              for line in zoom.get_lines() if not line.get_label().startswith("_")}
+    by_line = {}
+    for label, c in colour.items():
+        by_line.setdefault(" ".join(label.split()[:2]), set()).add(c)
+    assert set(by_line) == {"baseline exit2", "B-net exit1", "B-net exit2"}
+    assert all(len(c) == 1 for c in by_line.values())  # train and test of a line alike
+    assert len(set().union(*by_line.values())) == 3
+    low, high = zoom.get_ylim()
+    finals = [line.get_ydata()[-1] for line in zoom.get_lines()
+              if line.get_label().endswith("test") or "test (from" in line.get_label()]
+    assert low < min(finals) and max(finals) < high and high - low < 1.5
+    assert top.get_ylim()[0] < 85
+    plt.close(fig)
