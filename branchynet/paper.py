@@ -1,8 +1,8 @@
-"""Reference numbers from the paper: Table I (PAPER.md section 4).
+"""Reference numbers from the paper: Table I (`docs/paper.md` section 4).
 
 Times are ms per sample at batch size 1, measured by the authors on a 3.0 GHz CPU and an
 NVIDIA GeForce GTX TITAN X (Maxwell), with their accounting: trunk segments only, and on
-the GPU without synchronising the device (PAPER.md section 5). Set them beside this
+the GPU without synchronising the device (`docs/paper.md` section 5). Set them beside this
 project's ``Trunk-only`` columns rather than its end-to-end times.
 """
 

@@ -5,7 +5,7 @@ to its exit runs, softmax and entropy are computed and the exit decisions made, 
 predicted label is copied back to the host. On a GPU the device is synchronised before
 each clock read, so the clock measures execution, not kernel launches.
 
-The authors' accounting (PAPER.md section 5) times only the trunk segments; it is
+The authors' accounting (`docs/paper.md` section 5) times only the trunk segments; it is
 measured separately so the two can be set side by side.
 
 Every reported figure comes from ``interleave``: R rounds, and within each round every

@@ -1,4 +1,4 @@
-"""B-LeNet on MNIST (PAPER.md section 2): two exits; the main branch is the baseline LeNet.
+"""B-LeNet on MNIST (`docs/paper.md` section 2): two exits; the main branch is the baseline LeNet.
 
 Layer list, as in the authors' ``networks/lenet_mnist.py``::
 
@@ -17,7 +17,7 @@ import chainer.links as L
 from branchynet.net import Branch
 from networks import NetworkSpec, register
 
-# The authors' LeNet grid (PAPER.md section 3).
+# The authors' LeNet grid (`docs/paper.md` section 3).
 GRID = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
         1.0, 2.0, 3.0, 5.0, 10.0)
 

@@ -1,4 +1,4 @@
-"""B-ResNet-110 on CIFAR-10 (PAPER.md section 2): three exits; the main branch is ResNet-110.
+"""B-ResNet-110 on CIFAR-10 (`docs/paper.md` section 2): three exits; the main branch is ResNet-110.
 
 Layer list, as in the authors' ``networks/resnet_cifar10.py``::
 
@@ -30,7 +30,7 @@ from chainer import initializers
 from branchynet.net import Branch
 from networks import NetworkSpec, register
 
-# The authors' ResNet grid, the same as LeNet's (PAPER.md section 3).
+# The authors' ResNet grid, the same as LeNet's (`docs/paper.md` section 3).
 GRID = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
         1.0, 2.0, 3.0, 5.0, 10.0)
 BLOCKS_PER_STAGE = 18
@@ -114,8 +114,8 @@ SPEC = register(NetworkSpec(
     # way to bring ResNet-110 above 90% in tens of epochs (the paper's 100 + 100 Adam epochs
     # without augmentation gave 80.70%). Batch 256 rather than 128: without cuDNN, Chainer's
     # per-iteration overhead (thousands of kernel launches for 110 layers) dominates a
-    # GPU step, so fewer, larger steps train faster; 20 + 4 epochs are sized to one or two
-    # GPU sessions (docs/gpu.md).
+    # GPU step, so fewer, larger steps train faster; 20 + 4 epochs are sized to about ten
+    # minutes of an H200 (an estimate: docs/gpu.md section 6).
     fast={"batch_size": 256, "lr": 0.2, "baseline_epochs": 20, "branchy_epochs": 4,
           "train_limit": 0, "test_limit": 0},
 ))

@@ -1,14 +1,16 @@
 #!/bin/bash
-# Replicate Table I on one GPU in a single device command of at most ~9 minutes, resumable
-# over commands and sessions (docs/gpu.md, "Replicating Table I on a GPU").
+# Replicate Table I on one GPU in one time-boxed command (TOTAL_S, default about 9
+# minutes), resumable: run it again until it exits 0 (docs/gpu.md section 6).
 #
-#   scripts/gpu_replicate.sh run [OUTDIR]       on the GPU machine, in the last device call
-#   scripts/gpu_replicate.sh dry-run [OUTDIR]   the same steps on this CPU, tiny settings
+#   scripts/gpu_replicate.sh run [OUTDIR]       on the GPU machine
+#   scripts/gpu_replicate.sh dry-run [OUTDIR]   the same steps on a CPU, tiny settings
 #
 # Steps:
-#   1. (run) take in the last carried call folder and rebuild CIFAR-10, MNIST, the wheels
-#      and any earlier state from all calls (scripts/gpu_pack_data.py; sha256 and the
-#      official md5s checked); install the wheels into /tmp (never the image's packages);
+#   1. (run) with carried call folders .gpu-carry/callK (a machine without network:
+#      scripts/gpu_pack_data.py pack), take them in and rebuild CIFAR-10, MNIST, the wheels
+#      and any earlier state (sha256 and the official md5s checked), and install the wheels
+#      into /tmp (never the machine's packages); without them, use $BRANCHYNET_DATA and the
+#      packages of $PYTHON (a machine with the project installed);
 #   2. in parallel: the GPU checks (NVRTC kernels, tests/test_gpu.py, test_compat.py,
 #      test_routing.py, test_training_recipe.py) and the three trainings, each with
 #      --train-only and a --time-budget that ends by TRAIN_END:
@@ -23,8 +25,10 @@
 #      (env, checks, every log), summary.txt, and the results folders with the weights and
 #      the snapshots needed to continue as state.tar.gz.part-NN (<= 9.5 MiB each, <= 5)
 #      with state.sha256; `scripts/gpu_pack_data.py collect FILES_AT` rebuilds and unpacks
-#      them into results/ here, and `pack --resume results/gpu-h200-*` carries the folders
-#      to the next session.
+#      them into results/, and `pack --resume results/gpu-h200-*` carries the folders
+#      to the next run. RESULTS_DIR (default /tmp/branchynet-results) is where the
+#      results folders live on the GPU machine (e.g. RESULTS_DIR=results on your own),
+#      RESULTS_PREFIX (default gpu-h200) the start of their names.
 #
 # Time (seconds, environment): TOTAL_S (default 525 on the GPU: the command ends by then),
 # SWEEP_S (time kept for step 3, default 150), PACK_S (default 25). Exit status 0 when the
@@ -44,8 +48,8 @@ case "$MODE" in
     run)
         PYTHON=${PYTHON:-python3}
         TOTAL_S=${TOTAL_S:-525}; SWEEP_S=${SWEEP_S:-150}; PACK_S=${PACK_S:-25}
-        BASE=/tmp; RESULTS=$BASE/branchynet-results
-        DEVICE=@cupy:0; TAG=gpu0; PREFIX=gpu-h200; TINY=() ;;
+        BASE=/tmp; RESULTS=${RESULTS_DIR:-$BASE/branchynet-results}
+        DEVICE=@cupy:0; TAG=gpu0; PREFIX=${RESULTS_PREFIX:-gpu-h200}; TINY=() ;;
     dry-run)
         PYTHON=${PYTHON:-python3}
         TOTAL_S=${TOTAL_S:-240}; SWEEP_S=${SWEEP_S:-90}; PACK_S=${PACK_S:-15}
@@ -54,7 +58,7 @@ case "$MODE" in
         # The same runner steps on 200 training images: minutes on a CPU, not results.
         TINY=(--train-limit 200 --test-limit 100 --timing-samples 20 --batch-size 50
               --baseline-epochs 2 --branchy-epochs 1) ;;
-    *) sed -n '2,33p' "$0"; exit 2 ;;
+    *) sed -n '2,37p' "$0"; exit 2 ;;
 esac
 DATA=$BASE/branchynet-data; WHEELS=$BASE/branchynet-wheels; SITE=$BASE/branchynet-site
 export BRANCHYNET_CARRY_DIR=$BASE/branchynet-carry
@@ -76,18 +80,19 @@ elif [ -n "$calls" ]; then
     "$PYTHON" scripts/gpu_pack_data.py assemble --data "$DATA" --wheels "$WHEELS" \
         --state "$RESULTS" || exit 2
     touch "$BRANCHYNET_CARRY_DIR/assembled"
-elif [ "$MODE" = run ]; then
-    echo "error: no .gpu-carry/callK here: make them with scripts/gpu_pack_data.py pack" \
-         "and carry them (docs/gpu.md)" >&2; exit 2
+elif [ "$MODE" = run ] && [ -z "${BRANCHYNET_DATA:-}" ]; then
+    echo "error: no data: set BRANCHYNET_DATA to a folder holding mnist/ and cifar10/, or" \
+         "carry them in parts (.gpu-carry/callK from scripts/gpu_pack_data.py pack;" \
+         "docs/gpu.md section 6)" >&2; exit 2
 fi
 if [ -e "$BRANCHYNET_CARRY_DIR/assembled" ]; then
     # What the GPU image lacks, into a folder of its own (never the image's packages).
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" "$WHEELS"/*.whl || exit 2
     export PYTHONPATH="$SITE:$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
-else  # dry-run without .gpu-carry/callK: the data folder and packages of this machine
+else  # no .gpu-carry/callK: the data folder and packages of this machine
     DATA=${BRANCHYNET_DATA:-../shared/data}
-    note "dry-run without .gpu-carry/callK: data from $DATA, packages of $PYTHON"
+    note "$MODE without .gpu-carry/callK: data from $DATA, packages of $PYTHON"
     export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export BRANCHYNET_DATA="$DATA"

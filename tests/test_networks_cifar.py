@@ -1,6 +1,6 @@
 """B-AlexNet and B-ResNet-110: layer shapes, parameter and multiply-add counts, gradients.
 
-The expected counts are worked out by hand below (PAPER.md section 2), so a wrong layer
+The expected counts are worked out by hand below (`docs/paper.md` section 2), so a wrong layer
 size, a missing layer or a miscounted path shows up as a mismatch.
 """
 import numpy as np
