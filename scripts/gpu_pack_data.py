@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Carry CIFAR-10, MNIST, wheels and training state to a GPU machine 64 MiB at a time.
 
-The device tool sends at most 64 MiB per command (working tree + carried paths), and
-ignored files it carried stay on the machine between back-to-back commands. This script
-packs everything the GPU run needs into call folders ``.gpu-carry/call1``, ``call2``, ...
-each small enough for one command, and unpacks them on the device side, checking a
+For a GPU machine without network that takes files in transfers of at most 64 MiB
+(the working tree and the carried folders together) and keeps what it received in /tmp
+between them. This script packs everything the GPU run needs into call folders
+``.gpu-carry/call1``, ``call2``, ... each small enough for one transfer, and unpacks them
+on the GPU machine, checking a
 sha256 for every chunk and every reassembled file, and the official md5 of every
 CIFAR-10 and MNIST file (the loaders check those again).
 
@@ -17,16 +18,16 @@ LZMA'd as is. Decoding is a 2-D cumulative sum and rebuilds every file byte for 
 
     # here (where the data and PyPI are), after scripts/gpu_wheelhouse.sh:
     python scripts/gpu_pack_data.py pack [--data DIR] [--resume results/gpu-h200-*]
-    # prints the device calls: each carries .gpu-carry/callK and runs
+    # prints the transfers: each sends .gpu-carry/callK and runs, on the GPU machine,
     #   python3 scripts/gpu_pack_data.py receive K          (calls 1 .. N-1)
     # and the last one runs scripts/gpu_replicate.sh, which receives call N and assembles:
     python3 scripts/gpu_pack_data.py assemble --data /tmp/branchynet-data \\
         --wheels /tmp/branchynet-wheels --state /tmp/branchynet-results
-    # here again, with the files a device call returned (state.tar.gz.part-*):
-    python scripts/gpu_pack_data.py collect FILES_AT
+    # here again, with the files the GPU run wrote to its OUT (state.tar.gz.part-*):
+    python scripts/gpu_pack_data.py collect OUT
 
 Exit status 2 with a message for bad input (missing data, a chunk missing or corrupt on
-the device: the message says which call to repeat).
+the GPU machine: the message says which part to send again).
 """
 import argparse
 import hashlib
@@ -170,7 +171,7 @@ def _find_cifar(data):
 
 
 def tree_mib():
-    """MiB of the working tree the device tool sends (tracked + untracked, not ignored)."""
+    """MiB of the working tree that travels with every part (tracked + untracked, not ignored)."""
     out = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
                           "--exclude-standard"], capture_output=True, check=True).stdout
     paths = {os.path.join(REPO, os.fsdecode(n)) for n in filter(None, out.split(b"\0"))}
@@ -301,7 +302,7 @@ def pack(args):
     for k in range(1, manifest["calls"] + 1):
         with open(os.path.join(CARRY, f"call{k}", "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
-    print(f"\n{manifest['calls']} device call(s), at most {capacity_mib:.1f} MiB carried each "
+    print(f"\n{manifest['calls']} transfer(s), at most {capacity_mib:.1f} MiB carried each "
           f"(64 MiB less the working tree and {MARGIN_MIB} MiB):")
     for k in range(1, manifest["calls"] + 1):
         folder = os.path.join(CARRY, f"call{k}")
@@ -427,7 +428,7 @@ def _tar_gz(members):
 
 def pack_state(args):
     """Device side: the results folders as state.tar.gz in parts of at most --part-mib,
-    plus state.sha256, into --out (what the device tool returns)."""
+    plus state.sha256, into --out (what comes back from the GPU machine)."""
     members = state_members(args.root)
     if not members:
         raise PackError(f"nothing to return under {args.root}")
@@ -456,7 +457,7 @@ def collect(args):
     sums = os.path.join(args.files_at, "state.sha256")
     if not parts or not os.path.isfile(sums):
         raise PackError(f"no state.tar.gz.part-* and state.sha256 in {args.files_at}: give "
-                        f"the files_at folder of the gpu_replicate.sh call")
+                        f"the folder holding what scripts/gpu_replicate.sh wrote to its OUT")
     os.makedirs(CARRY, exist_ok=True)
     target = os.path.join(CARRY, "state.tar.gz")
     with open(target + ".tmp", "wb") as out:
@@ -474,7 +475,7 @@ def collect(args):
         tar.extractall(args.results, filter="data")
     print(f"{target} checked; results unpacked into {args.results}/: {', '.join(names)}")
     folders = " ".join(os.path.relpath(os.path.join(args.results, n)) for n in names)
-    print(f"to continue in a GPU session: python scripts/gpu_pack_data.py pack --resume {folders}\n"
+    print(f"to continue on a GPU: python scripts/gpu_pack_data.py pack --resume {folders}\n"
           f"(or --state {os.path.relpath(target)}; snapshots of unfinished trainings are in "
           f"those folders' baseline/ and branchynet/, which .gitignore leaves out)")
 
@@ -513,7 +514,7 @@ def main(argv=None):
     s.add_argument("--max-parts", type=int, default=5,
                    help="at most this many parts (default: %(default)s: 8 files come back)")
     c = sub.add_parser("collect", help="here: unpack a device run's returned state")
-    c.add_argument("files_at", help="the files_at folder the device tool reported")
+    c.add_argument("files_at", help="the folder holding the files the GPU run wrote to its OUT")
     c.add_argument("--results", default=os.path.join(REPO, "results"),
                    help="where the results folders go (default: results/)")
     args = parser.parse_args(argv)

@@ -70,8 +70,8 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $(( START + TOTAL_S - $(date +%s) )); }
 TRAIN_END=$(( START + TOTAL_S - SWEEP_S - PACK_S ))
 
-# 1. Data, wheels and state: take in the call folders here (the last device call carries
-# one; earlier calls' chunks are already in $BRANCHYNET_CARRY_DIR), rebuild and check all.
+# 1. Data, wheels and state: take in the call folders here (the last transfer sends one;
+# earlier parts' chunks are already in $BRANCHYNET_CARRY_DIR), rebuild and check all.
 calls=$(ls -d .gpu-carry/call* 2>/dev/null | sed 's/.*call//' | sort -n)
 if [ -e "$BRANCHYNET_CARRY_DIR/assembled" ]; then
     note "data already assembled on this machine (an earlier call): reusing $DATA, $RESULTS"

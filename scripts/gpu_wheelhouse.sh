@@ -32,4 +32,4 @@ else
 fi
 ls -l "$CARRY/wheels"
 du -sh "$CARRY"
-echo "Now carry $CARRY to the GPU machine with the working tree (device tool: carry [\"$CARRY\"])."
+echo "Now send $CARRY to the GPU machine with the working tree (docs/gpu.md section 5)."

@@ -114,7 +114,7 @@ FOUR_EXITS = os.path.join(ROOT, "tests", "fixtures", "own_network", "four_exit_n
 
 
 def test_a_four_exit_network_times_a_capped_set_of_points_and_says_how_long(tmp_path, capsys):
-    """Issue 20's scenario, test-sized: a 4-exit conv net with BatchNorm and dropout given
+    """A user's own network, test-sized: a 4-exit conv net with BatchNorm and dropout given
     as FILE.py:build. 17^3 = 4,913 threshold vectors are swept; at most --timed-points of
     the frontier are timed (the rest predicted), with an estimate printed first; a correct
     measurement raises no self-consistency warning; tables carry the file's name."""

@@ -100,7 +100,7 @@ def test_slower_than_its_slowest_path_and_trunk_longer_than_end_to_end_are_flagg
 
 
 def test_identical_work_against_one_noisy_path_is_not_flagged_where_blocks_are_kept():
-    # Issue 20 and results/deploy-resnet110_cifar10: 50 points that run exactly the exit-1
+    # As in results/deploy-resnet110_cifar10: 50 points that run exactly the exit-1
     # path, all compared with one measurement of it; per-block means scatter +-15% (a
     # loaded machine) and the path's rounds came out 1-3% slow. Per round alone (records
     # without blocks) 12 of the 50 are flagged faster than their own path; the paired
