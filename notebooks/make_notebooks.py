@@ -77,14 +77,17 @@ minutes; `setting = "paper"` uses the authors' settings (a GPU is strongly recom
 weights and takes its data and training settings from its `config.json` instead. The
 stored outputs come from the run whose setting and machine the next cells print.
 
-Run headless with papermill, e.g. `.venv/bin/papermill notebooks/{network}.ipynb out.ipynb -p
-setting paper -p data_dir ../shared/data`, or on a results folder `-p results_dir
-$PWD/results/FOLDER`."""),
+Paths (`results_dir`, `work_dir`, `data_dir` and a relative `$BRANCHYNET_DATA`) are taken
+from the repository root, wherever Jupyter or papermill starts the kernel: the kernel works
+there. Run headless with papermill, e.g. `.venv/bin/papermill notebooks/{network}.ipynb
+out.ipynb -p setting paper -p data_dir ../shared/data`, or on a results folder `-p
+results_dir results/FOLDER`."""),
         code("""# Parameters (papermill: -p NAME VALUE)
 setting = "quick"      # "quick": minutes on a CPU; "paper": the authors' settings
 results_dir = None     # a folder with baseline.npz, branchynet.npz (a runner's: and its config.json settings)
 work_dir = None        # where it trains and keeps weights (None: results/notebook-<network>-<setting>)
 data_dir = None        # dataset folder; None: $BRANCHYNET_DATA, else the cache (downloads)
+# Relative paths (these three and $BRANCHYNET_DATA) are relative to the repository root.
 timing_samples = None  # test samples timed at batch size 1 (None: the setting's)
 timing_rounds = 5      # interleaved timing rounds; every latency is their median
 timed_points = 25      # frontier points timed at most (the knee always among them), as the runner
@@ -115,6 +118,10 @@ from branchynet.timing import Interleaved, measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
 
+# Paths are relative to the repository root, also when Jupyter starts in notebooks/:
+# the kernel works there.
+root = os.path.dirname(os.getcwd()) if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
+os.chdir(root)
 NETWORK = network or "{network}"
 SETTINGS = {{
     "quick": {config["quick"]!r},
@@ -132,9 +139,7 @@ else:
     S = dict(SETTINGS[setting])
 S["timing_samples"] = timing_samples or S["timing_samples"]
 spec = get_network(NETWORK)
-# Paths are relative to the repository root, also when Jupyter starts in notebooks/.
-root = os.path.dirname(os.getcwd()) if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
-work_dir = work_dir or os.path.join(root, "results", f"notebook-{{spec.slug}}-{{setting}}")
+work_dir = work_dir or os.path.join("results", f"notebook-{{spec.slug}}-{{setting}}")
 devices, no_gpu_reason = available_devices()
 train_device = devices[-1]  # a GPU when there is one
 print(f"setting {{setting!r}}: {{S}}")
@@ -173,7 +178,9 @@ for n in range(branchy.n_exits):
         md("""## 3. Train, or load trained weights
 
 The baseline trains first; the B-net starts from it and trains all exits jointly on the sum
-of their softmax cross-entropies (Adam, step 0.001). Checkpoints go to `work_dir` after every
+of their softmax cross-entropies (here Adam, step 0.001, the authors' optimiser; a runner
+folder's weights were trained with that folder's recipe, which its `config.json` records:
+momentum SGD for `--recipe fast`). Checkpoints go to `work_dir` after every
 epoch, so an interrupted run resumes; weights already there (or in `results_dir`) are loaded
 instead of trained."""),
         code("""source = results_dir or work_dir
@@ -231,7 +238,7 @@ def folder_timing(label):
     weights = {name: file_sha256(p) for name, p in paths.items()}
     if key.get("weights") != weights or key.get("inputs") != array_sha256(timed_x):
         return None
-    print(f"{label}: the timings of {path} (the runner's, on these weights and the first "
+    print(f"{label}: the timings of {os.path.relpath(path, root)} (the runner's, on these weights and the first "
           f"{len(timed_x)} test samples; remeasure = True times again here)")
     return record
 
@@ -282,7 +289,7 @@ for device in devices:
 `Time(ms)` is measured end to end at batch size 1, the median of `timing_rounds`
 interleaved rounds (`IQR(ms)`: their quartiles); the gain is paired round by round and
 `Gain range` is the range of the per-round gains (n.s. when it includes 1). `Pred.(ms)` is
-predicted from the exit fractions. `Trunk-only` is the authors' accounting (trunk segments only, PAPER.md section 5),
+predicted from the exit fractions. `Trunk-only` is the authors' accounting (trunk segments only, `docs/paper.md` section 5),
 the one to set beside the paper's times, which were measured on other hardware (a 3.0 GHz
 CPU and a GTX TITAN X); compare gains and exit fractions rather than milliseconds.
 `MACs(M)` is the expected multiply-adds per sample."""),
@@ -331,7 +338,8 @@ for label, r in results.items():
 
 Fig. 3: accuracy versus runtime per device: every grid point (predicted runtime), the
 frontier (predicted, dashed; the timed points with their quartiles), the baseline
-(diamond), the knee (star) and, for the paper's networks, Table I's thresholds."""),
+(diamond), the knee (star) and, for the paper's networks, this run at Table I's thresholds
+(the paper's own points, from other hardware, are compared as gains in the table above)."""),
         code("""fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
 for ax, (label, r) in zip(axes[0], results.items()):
     front, k = [i for i in r["frontier"] if i in r["measured"]], r["knee"]
@@ -345,7 +353,7 @@ for ax, (label, r) in zip(axes[0], results.items()):
                     frontier_err=[err(r["measured"][i]) for i in front], baseline_err=err(base),
                     predicted_frontier=(r["predicted_ms"][r["frontier"]],
                                         100 * sweep.accuracy[r["frontier"]]),
-                    marks=[(f"paper's T = {', '.join(f'{v:g}' for v in paper_t)}",
+                    marks=[(f"this run at the paper's T = {', '.join(f'{v:g}' for v in paper_t)}",
                             r["measured"]["paper"]["median_ms"],
                             100 * evaluate_grid(outputs, [paper_t]).accuracy[0])]
                     if "paper" in r["measured"] else ())
@@ -379,18 +387,11 @@ plt.show()"""),
 As the first threshold grows, more samples leave at exit 1: overall accuracy (left axis) and
 the largest entropy among the samples that left (right axis) against the percentage exited at
 exit 1. The other samples go on with the knee's threshold at exit 2."""),
-            code("""exited, accuracy, max_entropy = first_exit_curve(outputs, thresholds[1:])
-fig, ax = plt.subplots(figsize=(5.5, 3.6))
-ax.plot(100 * exited, 100 * accuracy, color="C0")
-ax.set_xlabel("samples exited at exit 1 (%)")
-ax.set_ylabel("overall accuracy (%)", color="C0")
-right = ax.twinx()
-right.plot(100 * exited, max_entropy, color="C1")
-right.set_ylabel("max entropy of exited samples", color="C1")
-ax.axvline(100 * sweep.exit_fractions[k][0], color="k", ls="--", lw=1, label="knee")
-ax.legend(loc="lower left", fontsize=8)
-ax.set_title(f"B-AlexNet, exit 1 (exit 2 at T = {thresholds[1]:g})", fontsize=10)
-fig.tight_layout()
+            code("""from branchynet.report import first_exit_figure
+
+exited, accuracy, max_entropy = first_exit_curve(outputs, thresholds[1:])
+first_exit_figure(exited, accuracy, max_entropy, sweep.exit_fractions[k][0],
+                  f"B-AlexNet, exit 1 (exit 2 at T = {thresholds[1]:g})")
 plt.show()"""),
         ]
     if config.get("guarantee"):
@@ -433,7 +434,8 @@ def guarantee_cells(folder):
     return [
         md(f"""## Calibrated exits and thresholds with a guarantee
 
-The knee above is chosen by eye on the test set, as in the paper. Here thresholds come
+The knee above is picked on the test set by the stated rule (Kneedle on the inc-points
+frontier), as the paper picks its T on the test set. Here thresholds come
 with a statement instead: *with probability at least 1 - delta over the draw of the
 calibration samples, the accuracy lost on new data against sending every sample to the
 last exit is at most epsilon* (Learn-then-Test, Angelopoulos et al. 2021; `docs/selection.md`

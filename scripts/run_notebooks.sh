@@ -21,7 +21,7 @@ for name in lenet_mnist alexnet_cifar10 resnet110_cifar10; do
     tmp="notebooks/.$name.running.ipynb"
     if [ -n "$on_results" ]; then
         folder=$(echo "$RESULTS" | tr ' ' '\n' | sed -n "s/^$name=//p")
-        set -- -p results_dir "$(pwd)/results/$folder" "$@"
+        set -- -p results_dir "results/$folder" "$@"  # from the repository root
     fi
     .venv/bin/papermill --cwd notebooks --no-progress-bar "notebooks/$name.ipynb" "$tmp" "$@"
     mv "$tmp" "notebooks/$name.ipynb"

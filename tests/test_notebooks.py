@@ -134,6 +134,14 @@ def test_notebooks_match_their_template():
                    c.metadata.get("tags", [])]
         assert sources == [c.source for c in make_notebooks.cells(name, config)], name
         assert "parameters" in committed.cells[1].metadata["tags"]
+        # The parameters of the stored run hold no path of the machine that ran it: a
+        # user's clone has neither that results folder nor that data folder.
+        injected = [c.source for c in committed.cells
+                    if "injected-parameters" in c.metadata.get("tags", [])]
+        parameters = committed.metadata.get("papermill", {}).get("parameters", {})
+        for value in parameters.values():
+            assert not (isinstance(value, str) and os.path.isabs(value)), (name, value)
+            assert not isinstance(value, str) or f'"{value}"' in "".join(injected), (name, value)
 
 
 def test_lenet_notebook_on_a_runner_folder_shows_its_measurement(tmp_path, data_dir):
@@ -141,10 +149,12 @@ def test_lenet_notebook_on_a_runner_folder_shows_its_measurement(tmp_path, data_
     notebook takes the folder's settings and its measurement: the same rows as the
     runner's table_cpu.json, nothing timed again."""
     folder = os.path.join(ROOT, "results", "cpu-lenet_mnist-paper")
+    # A relative results_dir is taken from the repository root (papermill starts the
+    # kernel in notebooks/).
     summary, notebook = execute("lenet_mnist", tmp_path, data_dir=str(data_dir),
-                                results_dir=folder, timing_samples=0)
+                                results_dir="results/cpu-lenet_mnist-paper", timing_samples=0)
     text = printed(notebook)
-    assert "the timings of" in text and "timing_cpu.json" in text
+    assert "the timings of results/cpu-lenet_mnist-paper/timing_cpu.json" in text
     assert summary["setting"] == "cpu-lenet_mnist-paper" and summary["settings"]["batch_size"] == 512
     with open(os.path.join(folder, "timing_cpu.json")) as f:
         record = json.load(f)
