@@ -179,6 +179,32 @@ class Interleaved:
                    blocks_ms=doc.get("blocks_ms"), blas=doc.get("blas"))
 
 
+def rounds_vs_blocks(doc, block):
+    """Where a stored measurement's per-round means (``rounds_ms``) differ from what its
+    per-block means (``blocks_ms``, ``block`` samples each, the last one possibly shorter,
+    stored to 1e-6 ms) give; None when they agree to that rounding or no blocks are kept."""
+    blocks = doc.get("blocks_ms")
+    if blocks is None:
+        return None
+    n = doc["samples"]
+    sizes = np.array([min(block, n - start) for start in range(0, n, block)], np.float64)
+    if set(blocks) != set(doc["rounds_ms"]):
+        return (f"blocks_ms and rounds_ms name other variants "
+                f"({sorted(set(blocks) ^ set(doc['rounds_ms']))})")
+    for name, rounds in doc["rounds_ms"].items():
+        per_block = np.asarray(blocks[name], np.float64)
+        if per_block.shape != (len(rounds), len(sizes)):
+            return (f"blocks_ms[{name!r}] has shape {per_block.shape}, not {len(rounds)} rounds "
+                    f"x {len(sizes)} blocks of {block} of {n} samples")
+        derived = per_block @ sizes / n
+        off = np.abs(derived - np.asarray(rounds, np.float64))
+        if off.max() > 1e-6:
+            r = int(off.argmax())
+            return (f"rounds_ms[{name!r}][{r}] is {rounds[r]!r} ms, the mean of its blocks_ms "
+                    f"{derived[r]!r} ms")
+    return None
+
+
 def spread(values):
     """Median, quartiles, minimum and maximum of per-round values."""
     values = np.asarray(values, np.float64)

@@ -40,7 +40,7 @@ from branchynet.threads import thread_count, training_step, training_threads
 from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, exit_indices,
                               predict_runtime, threshold_grid)
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
-                               measure_latency, path_name, path_summary)
+                               measure_latency, path_name, path_summary, rounds_vs_blocks)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
 from experiments.compare import first_difference
 from experiments.errors import SettingsError
@@ -957,6 +957,13 @@ class Experiment:
                 else:
                     self.log(f"{committed}: identical to what its exit outputs and timing "
                              f"records give")
+        for path in records:  # each round's mean is its blocks' mean
+            record = read_json(path)
+            for part, key in (("profile", "profile_key"), ("measurement", "measurement_key")):
+                found = rounds_vs_blocks(record[part], record[key].get("block", TIMING_BLOCK))
+                if found:
+                    problems.append(f"{path}: {part}: {found} (the rounds are the means of "
+                                    f"the blocks; nothing else derives them)")
         for path in records:  # guarantee_<tag>*.json, calibration.json
             problems += guarantee.recompute(self, _tag_of(path), read_json(path),
                                             guarantee.settings_of(self.s))

@@ -157,6 +157,27 @@ def test_tampering_with_a_derived_file_fails_the_recompute(name, val_copy, capsy
     assert len(errors) == 1 and name in errors[0] and field in errors[0], errors
 
 
+@pytest.mark.parametrize("part", ["profile", "measurement"])
+def test_an_edited_timing_block_fails_the_recompute(part, tmp_path, capsys):
+    """The stored rounds are the means of the stored blocks: an edited block is caught,
+    though no table shows it."""
+    copy = tmp_path / "folder"
+    shutil.copytree(os.path.join(ROOT, "results", "cpu-lenet_mnist-paper"), copy,
+                    ignore=shutil.ignore_patterns("*.png", "*.pdf"))
+    assert main(["--from-results", str(copy)]) is True, capsys.readouterr().out
+    capsys.readouterr()
+    path = str(copy / "timing_cpu.json")
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    record[part]["blocks_ms"]["exit1"][2][3] += 0.05
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    assert main(["--from-results", str(copy)]) is False
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    assert f"timing_cpu.json: {part}: rounds_ms['exit1'][2] is" in errors[0], errors
+
+
 def test_rewrite_derived_replaces_a_differing_derived_file(val_copy, capsys):
     _tamper_csv(str(val_copy / "table_cpu.csv"), "gain")
     assert main(["--from-results", str(val_copy), "--rewrite-derived"]) is True
