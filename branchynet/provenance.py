@@ -40,14 +40,16 @@ def machine_key(device):
     """The parts of ``machine_info`` that change a timing, the BLAS libraries with the
     thread count batch-size-1 timing runs with (set by ``branchynet.threads``, whatever
     the environment says), and on the CPU whether ``branchynet.cpu_kernels`` replaced
-    Chainer's convolution and max pooling (records made before it existed have no entry,
-    as with the kernels switched off)."""
+    Chainer's kernels, naming its groups when not all of them ran (records made before it
+    existed have no entry, as with the kernels switched off)."""
     info = machine_info(device)
     keep = ("device", "cpu", "cpu_count", "gpu", "python", "chainer", "numpy", "cupy")
     blas = [{k: p[k] for k in ("internal_api", "version", "num_threads")} for p in timing_blas()]
     key = {**{k: info[k] for k in keep if k in info}, "blas": _sorted_blas(blas)}
     if str(device) == "@numpy" and cpu_kernels.is_enabled():  # Chainer's own CPU kernels: no entry
-        key["cpu_kernels"] = "branchynet.cpu_kernels"
+        groups = cpu_kernels.enabled_groups()
+        key["cpu_kernels"] = "branchynet.cpu_kernels" + (
+            "" if groups == cpu_kernels.GROUPS else f" ({', '.join(groups)})")
     return key
 
 

@@ -1,5 +1,7 @@
 """Where a CPU training step spends its time, per Chainer function, with Chainer's own CPU
-convolution and max pooling ("stock") and with ``branchynet.cpu_kernels`` ("fast").
+kernels ("stock") and with ``branchynet.cpu_kernels`` ("fast"); ``--before conv`` puts the
+fast kernels beside their ``"conv"`` group alone (convolution and max pooling by im2col, the
+default before the ``"fused"`` group) instead of stock Chainer.
 
     OPENBLAS_NUM_THREADS=1 python scripts/training_step_parts.py alexnet_cifar10 joint \\
         --batch-size 128 --repeats 5
@@ -37,7 +39,12 @@ def main(argv=None):
     p.add_argument("mode", choices=["baseline", "joint"])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--before", choices=["stock", "conv"], default="stock",
+                   help="the variant beside all the fast kernels: Chainer's own (stock) or "
+                   "the cpu_kernels 'conv' group alone (default: %(default)s)")
     args = p.parse_args(argv)
+    before = {"stock": False, "conv": {"conv": True, "fused": False}}[args.before]
+    settings = {False: before, True: True}
     spec = get_network(args.network)
     rng = np.random.RandomState(0)
     x = rng.standard_normal((args.batch_size,) + INPUT[spec.dataset]).astype(np.float32)
@@ -48,14 +55,14 @@ def main(argv=None):
         model = JointLoss(BranchyNet(spec.build(), main_only=args.mode == "baseline"))
         optimizer = optimizers.Adam()
         optimizer.setup(model)
-        with cpu_kernels.enabled(fast):
+        with cpu_kernels.enabled(settings[fast]):
             optimizer.update(model, x, t)  # untimed: allocations, first-call costs
         steps[fast] = model, optimizer
     best = {fast: collections.defaultdict(lambda: np.inf) for fast in steps}
     for _ in range(args.repeats):
         for fast, (model, optimizer) in steps.items():
             hook = TimerHook()
-            with cpu_kernels.enabled(fast), hook:
+            with cpu_kernels.enabled(settings[fast]), hook:
                 start = time.perf_counter()
                 optimizer.update(model, x, t)
                 total = time.perf_counter() - start
@@ -67,7 +74,7 @@ def main(argv=None):
                 best[fast][name] = min(best[fast][name], seconds)
     print(f"{args.network} {args.mode}, batch {args.batch_size}: ms per step, minimum of "
           f"{args.repeats} alternating steps (load {os.getloadavg()[0]:.2f})")
-    print(f"  {'function':34s} {'stock':>9s} {'fast':>9s}  gain")
+    print(f"  {'function':34s} {args.before:>9s} {'fast':>9s}  gain")
     for name in sorted(best[False], key=lambda k: -best[False][k]):
         a, b = 1e3 * best[False][name], 1e3 * best[True].get(name, np.nan)
         print(f"  {name:34s} {a:9.1f} {b:9.1f}  {a / b:5.2f}x")
