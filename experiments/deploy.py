@@ -640,7 +640,9 @@ def command_time(args):
         mix = thresholds_for_mix(exp.outputs, args.exit_mix)
         on_test = evaluate_grid(exp.outputs, [mix])
         points[_point_name(mix)] = mix
-        focus.append(("exit mix", 100 * float(on_test.accuracy[0]), mix,
+        one = [k for k, f in enumerate(args.exit_mix) if f > 0]
+        label = f"all at exit {one[0] + 1}" if len(one) == 1 else "exit mix"
+        focus.append((label, 100 * float(on_test.accuracy[0]), mix,
                       on_test.exit_fractions[0].tolist(), _point_name(mix)))
     if args.paper_t:
         from branchynet.paper import paper_thresholds

@@ -249,3 +249,51 @@ def test_a_reshape_across_the_batch_axis_is_refused(tmp_path):
     with pytest.raises(DeployError, match="axis 0 is not the batch axis"):
         export_link(flatten_all, x, str(tmp_path / "bad.onnx"))
     assert not os.path.exists(tmp_path / "bad.onnx")
+
+
+def test_paper_thresholds_and_exit_subsets_on_both_runtimes(lenet_results, capsys):
+    """``time --paper-t`` times Table I's T as a point; ``subsets`` times B-LeNet with both
+    exits and with exit 2 alone (exit 1's head never runs) at the baseline's accuracy."""
+    from branchynet.sweep import evaluate_grid
+    from experiments.experiment import Experiment
+    if not os.path.isfile(os.path.join(lenet_results, "onnx", "manifest.json")):
+        assert cli.main(["export", "--results", lenet_results, "--check-samples", "20"]) == 0
+    assert cli.main(["time", "--results", lenet_results, "--samples", "8", "--rounds", "1",
+                     "--block", "4", "--knee-only", "--paper-t", "--no-progress"]) == 0
+    with open(os.path.join(lenet_results, "deploy_cpu.json")) as f:
+        record = json.load(f)
+    exp = Experiment.from_results(lenet_results, log=lambda *a: None)
+    exp.load_cached_outputs()
+    expected = evaluate_grid(exp.outputs, [[0.025]])
+    paper = record["summaries"]["paper's T"]
+    assert paper["exit_fractions"] == pytest.approx(expected.exit_fractions[0].tolist())
+    assert "T=0.025" in record["points"]
+    assert cli.main(["recompute", "--results", lenet_results]) == 0
+    capsys.readouterr()
+
+    assert cli.main(["subsets", "--results", lenet_results, "--samples", "8", "--rounds", "1",
+                     "--block", "4", "--candidates", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1+2 | Chainer |" in printed and "| 2 | ONNX Runtime |" in printed
+    with open(os.path.join(lenet_results, "exit_subsets_cpu.json")) as f:
+        subsets = json.load(f)
+    assert subsets["decisions_differ"] == []
+    assert set(subsets["subsets"]) == {"exits 1+2", "exits 2"}
+    base = subsets["baseline_accuracy"]
+    for name, sub in subsets["subsets"].items():
+        for key in ("chainer", "ort"):
+            r = sub["runtimes"][key]
+            assert len(r["path_ms"]) == len(sub["exits"])
+            for c in r["candidates"]:
+                assert c["accuracy"] >= base - 1e-12
+                assert c["predicted_ms"] == pytest.approx(
+                    sum(c["exit_fractions"][e - 1] * m for e, m in zip(sub["exits"], r["path_ms"])))
+            best = r["fastest"]
+            if best is not None:
+                assert best["measured_ms"] == min(c["measured_ms"] for c in r["candidates"])
+                if name == "exits 2":
+                    assert best["exit_fractions"][0] == 0
+    assert os.path.isfile(os.path.join(lenet_results, "onnx", "subsets", "exits-2",
+                                       "early_exit.onnx"))
+    assert cli.main(["subsets", "--results", lenet_results, "--subsets", "1"]) == 2
+    assert "keeps the last exit" in capsys.readouterr().err
