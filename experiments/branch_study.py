@@ -23,7 +23,8 @@ snapshot while unfinished, so ``--time-budget`` stops resume exactly),
 entropy on the test set: the table and figure derive from these alone),
 ``timing_cpu.json`` (``--measure``), ``table.csv``/``table.json``, ``fig5.png``. Runs are
 ``k<k>-seed<s>``, ``control-seed<s>`` and ``start`` (the baseline as it was, evaluated).
-A ``.gitignore`` keeps snapshots and the weights of seeds other than the first out of git.
+A ``.gitignore`` keeps the weights of seeds other than the first out of git; a snapshot of an
+unfinished run is meant to be committed with its log, so a clone continues the study.
 
 Exit status: 0 done; 1 a --from-results mismatch; 2 bad input; 3 --time-budget reached
 (run the same command again to continue).
@@ -121,8 +122,8 @@ def check_folder(out, settings):
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     write_json(path, settings)
     write_text(os.path.join(out, ".gitignore"),
-               "# snapshots of unfinished runs, and the weights of every seed but the first\n"
-               "runs/*/snapshot_*\nruns/*-seed[1-9]*.npz\n")
+               "# the weights of every seed but the first (their exit outputs are kept)\n"
+               "runs/*-seed[1-9]*.npz\n")
 
 
 def load_data(settings, data_dir):
