@@ -192,7 +192,7 @@ def parse_args(argv=None):
                         "4-pixel-padded crops and flips, the joint stage at 0.1x the rate, "
                         "and the network's fast preset (B-ResNet-110: full CIFAR-10, batch "
                         "256, rate 0.2, 20 + 4 epochs; B-AlexNet: full CIFAR-10, batch 128, "
-                        "rate 0.02, 30 + 10 epochs; networks/*.py)")
+                        "rate 0.05, 30 + 10 epochs; networks/*.py)")
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     recipe.add_argument("--momentum", type=float, help="momentum of momentum-sgd")
     recipe.add_argument("--weight-decay", type=float, help="L2 weight decay rate (0: none)")
@@ -338,7 +338,9 @@ def parse_args(argv=None):
                         "with --communicator); recorded in config.json. Batch-size-1 timing "
                         "always runs with 1 thread (default: %(default)s)")
     parser.add_argument("--out", help="results folder (default: results/<network>-<dataset>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (the default when stdout or stderr is not a "
+                        "terminal)")
     parser.add_argument("--from-results", metavar="DIR",
                         help="re-derive DIR's files from its exit outputs, timing records and "
                         "training logs (no training, no timing) and compare: sweep_<dev>.csv, "
@@ -356,6 +358,8 @@ def parse_args(argv=None):
                         "folder's differing ones instead of failing (after a change of what "
                         "the runner derives; the inputs are left as they are)")
     args = parser.parse_args(argv)
+    if not _terminal():
+        args.no_progress = True  # a log file: the stages' and epochs' own lines, no bars
     args.data_dir = resolve_data_dir(args.data_dir)  # relative paths: from here, once
     if args.list_networks:
         print(list_networks())
@@ -585,6 +589,13 @@ def _unusable_gpu(device):
     if device.device.id < gpus:
         return ""
     return reason or f"there is no GPU {device.device.id}: this machine has {gpus}"
+
+
+def _terminal():
+    """Whether stdout and stderr are both terminals. Progress bars redraw their line with
+    carriage returns; written to a file (``./dev.sh demo > demo.log``) they leave thousands
+    of updates, so there the runner prints only its one line per stage and per epoch."""
+    return all(getattr(stream, "isatty", lambda: False)() for stream in (sys.stdout, sys.stderr))
 
 
 def recompute(args, log=print):
