@@ -26,6 +26,16 @@ the fast kernels, interleaved:
 
     python -m benchmarks.training_throughput --network alexnet_cifar10 --batch-size 128 \
         --compare-stock --blas-threads 1
+
+--compare-previous does the same against the kernels that were the default before the
+"fused" group (``cpu_kernels`` group "conv" alone: ``baseline_previous``,
+``joint_previous``), and records the speed-up (previous time / new time per round). With
+either comparison each variant's process CPU time is recorded as well (``cpu_s``: the mean
+per round over every call after the warm-up, the untimed block-opening calls included),
+a figure that other processes on a loaded machine disturb less than the clock:
+
+    python -m benchmarks.training_throughput --network resnet110_cifar10 --batch-size 64 \
+        --iterations 1 --compare-previous --blas-threads 1
 """
 import os
 import sys
@@ -41,8 +51,8 @@ from chainer import optimizers  # noqa: E402
 from benchmarks import _common as C  # noqa: E402
 from branchynet import cpu_kernels  # noqa: E402
 from branchynet.net import JointLoss  # noqa: E402
-from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave, spread,  # noqa: E402
-                               synchronize)
+from branchynet.timing import (EndToEnd, forced_exit_thresholds, interleave,  # noqa: E402
+                               ratio_summary, spread, synchronize)
 
 DEFAULTS = {
     "lenet_mnist": {"batch_size": 512, "iterations": 10, "warmup": 2, "block": 1},
@@ -58,15 +68,22 @@ def parse_args(argv=None):
     p.add_argument("--compare-stock", action="store_true",
                    help="also time both networks on Chainer's own CPU convolution and max "
                    "pooling, interleaved, and record the speed-up of branchynet.cpu_kernels")
+    p.add_argument("--compare-previous", action="store_true",
+                   help="also time both networks on the cpu_kernels 'conv' group alone (the "
+                   "default before the 'fused' group), interleaved, and record the speed-up")
     p.add_argument("--latency-samples", type=int, default=50,
                    help="with --compare-stock: test images timed at batch size 1 "
                    "(default: %(default)s)")
-    return C.finish_args(p.parse_args(argv), "training_throughput")
+    args = p.parse_args(argv)
+    if args.compare_stock and args.compare_previous:
+        p.error("--compare-stock and --compare-previous are separate runs: give one")
+    return C.finish_args(args, "training_throughput")
 
 
 class TrainingStep:
     """One ``JointLoss`` + Adam iteration on minibatch ``i`` (drawn once, seeded); returns
-    its seconds."""
+    its seconds, and keeps the process CPU seconds of every call in ``cpu``.
+    ``fast_cpu``: a setting of ``cpu_kernels.enabled`` (None: as the process has it)."""
 
     def __init__(self, net, data, batch_size, device, seed=0, fast_cpu=None):
         self.fast_cpu = fast_cpu
@@ -76,6 +93,7 @@ class TrainingStep:
         self.optimizer.setup(self.model)
         self.x, self.y, self.batch_size, self.device = data.train_x, data.train_y, batch_size, device
         self.rng = np.random.RandomState(seed)
+        self.cpu = []
 
     def __call__(self, i):
         index = self.rng.choice(len(self.x), self.batch_size, replace=False)
@@ -83,10 +101,12 @@ class TrainingStep:
         synchronize(self.device)
         with cpu_kernels.enabled(cpu_kernels.is_enabled() if self.fast_cpu is None
                                  else self.fast_cpu):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             self.optimizer.update(self.model, xb, yb)
             synchronize(self.device)
-            return time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.cpu.append(time.process_time() - cpu)
+            return seconds
 
 
 def compare_latency(args, setup, report, tag):
@@ -111,6 +131,28 @@ def compare_latency(args, setup, report, tag):
               f"{C.timing_note(t)}")
 
 
+def cpu_time(variants, args, report, tag, other):
+    """Per-round process CPU seconds per iteration of each variant, and the CPU-time ratio
+    of the other kernels over these per round."""
+    n = len(variants["baseline"].cpu) - args.warmup
+    if any(len(v.cpu) - args.warmup != n for v in variants.values()) or n % args.timing_rounds:
+        raise RuntimeError("the variants made different numbers of calls")
+    rounds = {k: np.asarray(v.cpu[args.warmup:]).reshape(args.timing_rounds, -1).mean(1)
+              for k, v in variants.items()}
+    with report.figure("cpu_time") as fig:
+        fig["calls_per_round"] = n // args.timing_rounds
+        fig["rounds_cpu_s"] = {k: r.tolist() for k, r in rounds.items()}
+        for key in variants:
+            fig[f"{key}_cpu_s"] = spread(rounds[key])
+        for key in ("baseline", "joint"):
+            fig[f"{key}_{other}_over_new_cpu_time"] = ratio_summary(
+                rounds[f"{key}_{other}"] / rounds[key])
+    for key in ("baseline", "joint"):
+        C.log(f"{tag}: {key} training CPU time per iteration {rounds[key].mean():.3f} s, "
+              f"{other} {rounds[f'{key}_{other}'].mean():.3f} s: "
+              f"{C.fmt_ratio(fig[f'{key}_{other}_over_new_cpu_time'])} (per-round ratios)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = args.chainer_device
@@ -122,10 +164,12 @@ def main(argv=None):
     tag = f"[training_throughput] {setup.spec.name} {report.doc['device']}"
     variants = {"baseline": TrainingStep(setup.baseline, data, args.batch_size, device, args.seed),
                 "joint": TrainingStep(setup.branchy, data, args.batch_size, device, args.seed)}
-    for key in (("baseline", "joint") if args.compare_stock else ()):
+    other = "stock" if args.compare_stock else "previous" if args.compare_previous else None
+    for key in (("baseline", "joint") if other else ()):
         net = setup.baseline if key == "baseline" else setup.branchy
-        variants[f"{key}_stock"] = TrainingStep(net.copy(mode="copy"), data, args.batch_size,
-                                                device, args.seed, fast_cpu=False)
+        setting = False if other == "stock" else {"conv": True, "fused": False}
+        variants[f"{key}_{other}"] = TrainingStep(net.copy(mode="copy"), data, args.batch_size,
+                                                  device, args.seed, fast_cpu=setting)
         variants[key].fast_cpu = True
     with report.figure("timing") as fig:
         t = interleave(variants, args.iterations, args.timing_rounds, args.block, args.warmup)
@@ -150,6 +194,16 @@ def main(argv=None):
         fig["joint_over_baseline_time"] = t.ratio("joint", "baseline")
     C.log(f"{tag}: a joint iteration takes {C.fmt_ratio(fig['joint_over_baseline_time'])} a "
           f"baseline iteration (per-round ratios)")
+    if other:
+        cpu_time(variants, args, report, tag, other)
+    if args.compare_previous:
+        with report.figure("speedup") as fig:
+            for key in ("baseline", "joint"):
+                fig[f"{key}_previous_over_new_time"] = t.ratio(f"{key}_previous", key)
+        for key in ("baseline", "joint"):
+            C.log(f"{tag}: {key} training with every cpu_kernels group is "
+                  f"{C.fmt_ratio(fig[f'{key}_previous_over_new_time'])} as fast as with the "
+                  f"'conv' group alone (per-round ratios)")
     if args.compare_stock:
         with report.figure("speedup") as fig:
             for key in ("baseline", "joint"):

@@ -267,6 +267,39 @@ def test_training_throughput_against_stock_chainer(common, tmp_path):
     assert cpu_kernels.calls["conv"] > before["conv"] and cpu_kernels.is_enabled()
 
 
+def test_training_throughput_against_the_previous_default(common, tmp_path):
+    """--compare-previous: both networks also on the cpu_kernels 'conv' group alone, in the
+    same rounds, with wall and CPU-time speed-ups; the two comparisons are separate runs."""
+    from branchynet import cpu_kernels
+    before = dict(cpu_kernels.calls)
+    doc = run(training_throughput, common + ["--batch-size", "8", "--iterations", "1",
+                                             "--warmup", "1", "--compare-previous"],
+              tmp_path, "training_previous")
+    names = ["baseline", "joint", "baseline_previous", "joint_previous"]
+    r = check_timing(doc["figures"]["timing"]["timing"], 1, names)
+    previous = {"conv": True, "fused": False}
+    assert doc["figures"]["timing"]["fast_cpu_kernels"] == {
+        "baseline": True, "joint": True, "baseline_previous": previous,
+        "joint_previous": previous}
+    for key in ("baseline", "joint"):
+        check_ratio(doc["figures"]["speedup"][f"{key}_previous_over_new_time"],
+                    r[f"{key}_previous"], r[key])
+    cpu = doc["figures"]["cpu_time"]
+    assert cpu["calls_per_round"] == 2  # the block's untimed opening call and the timed one
+    rounds = {k: np.asarray(v) for k, v in cpu["rounds_cpu_s"].items()}
+    assert set(rounds) == set(names) and all(len(v) == ROUNDS for v in rounds.values())
+    for key in names:
+        check_stats(cpu[f"{key}_cpu_s"], rounds[key], key="median")
+    for key in ("baseline", "joint"):
+        check_ratio(cpu[f"{key}_previous_over_new_cpu_time"], rounds[f"{key}_previous"],
+                    rounds[key])
+    assert "latency_batch1" not in doc["figures"]
+    assert cpu_kernels.calls["conv"] > before["conv"] and cpu_kernels.enabled_groups() == (
+        "conv", "fused")
+    with pytest.raises(SystemExit):
+        training_throughput.parse_args(common + ["--compare-previous", "--compare-stock"])
+
+
 def test_batch_throughput(common, tmp_path):
     doc = run(batch_throughput, common + ["--batch-sizes", "1", "4", "--min-images", "8",
                                           "--eval-samples", "100", "--path-samples", "4",
