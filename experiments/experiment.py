@@ -42,6 +42,7 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary, rounds_vs_blocks)
 from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
+from experiments import folder_checks
 from experiments.compare import first_difference
 from experiments.errors import SettingsError
 from networks import get_network
@@ -346,6 +347,7 @@ class Experiment:
                     return self._add_logits(cached, path, x, device)
                 return cached
             self.log(f"[{name}] made with other weights or inputs: computing it again")
+        self.log(f"[{name}] running {len(y)} samples through every exit")
         net.to_device(device)
         outputs = collect_exit_outputs(net, x, y, device=device, criterion=criterion,
                                        progress=not self.s.no_progress)
@@ -964,6 +966,10 @@ class Experiment:
                 if found:
                     problems.append(f"{path}: {part}: {found} (the rounds are the means of "
                                     f"the blocks; nothing else derives them)")
+        problems += folder_checks.curve_problems(self)
+        problems += folder_checks.readme_problems(
+            self.out, [row for r in results for row in r["rows"]],
+            [100 * a for a in [self.baseline_accuracy(), *self.outputs.exit_accuracies()]])
         for path in records:  # guarantee_<tag>*.json, calibration.json
             problems += guarantee.recompute(self, _tag_of(path), read_json(path),
                                             guarantee.settings_of(self.s))
@@ -1234,4 +1240,10 @@ def training_record(log_path, n_train):
               "images_per_second": n_train * len(log) / elapsed[-1], "last_epoch": log[-1]}
     if any("test/seconds" in entry for entry in log):  # logs from before the curve have none
         record["evaluation_seconds"] = float(evaluation[-1])
+    # The learning curve's plotted values (experiments.learning_curve), so that recompute
+    # compares every point with the log.
+    plotted = sorted({key for entry in log for key in entry
+                      if key.startswith(("main/accuracy/", "test/main/accuracy/"))})
+    record["curve"] = {"epoch": [entry["epoch"] for entry in log],
+                       **{key: [entry.get(key) for entry in log] for key in plotted}}
     return record

@@ -178,6 +178,63 @@ def test_an_edited_timing_block_fails_the_recompute(part, tmp_path, capsys):
     assert f"timing_cpu.json: {part}: rounds_ms['exit1'][2] is" in errors[0], errors
 
 
+def _copy(name, tmp_path):
+    """A copy of a committed folder without its weights and plots (recompute reads neither)."""
+    copy = tmp_path / name
+    shutil.copytree(os.path.join(ROOT, "results", name), copy,
+                    ignore=shutil.ignore_patterns("*.png", "*.pdf", "baseline.npz",
+                                                  "branchynet.npz"))
+    return copy
+
+
+def _edit_log(folder, stage, epoch, key, delta):
+    path = os.path.join(folder, stage, "log")
+    with open(path, encoding="utf-8") as f:
+        log = json.load(f)
+    next(e for e in log if e["epoch"] == epoch)[key] += delta
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(log, f, indent=4)
+
+
+def _errors(capsys):
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
+
+
+def test_an_edited_learning_curve_point_fails_the_recompute(tmp_path, capsys):
+    """The curve's plotted values are derived (summary.json's training record); its last
+    test point is also the accuracy of the committed exit outputs (the final weights)."""
+    copy = _copy("cpu-lenet_mnist-paper", tmp_path)
+    assert main(["--from-results", str(copy)]) is True, capsys.readouterr().out
+    capsys.readouterr()
+    _edit_log(copy, "baseline", 40, "test/main/accuracy/exit2", 0.002)
+    assert main(["--from-results", str(copy)]) is False
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "summary.json: $.training.baseline.curve" in errors[0], errors
+
+    copy = _copy("cpu-lenet_mnist-paper", tmp_path / "last")
+    _edit_log(copy, "branchynet", 100, "test/main/accuracy/exit1", 0.002)
+    assert main(["--from-results", str(copy)]) is False
+    errors = _errors(capsys)
+    assert any("branchynet/log: epoch 100 test/main/accuracy/exit1 is" in e
+               and "exit outputs give 9862/10000" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("figure, edited", [("85.66%", "85.67%"), ("56.1 / 10.2", "56.1 / 10.3"),
+                                            ("1.895 ms", "1.896 ms"), ("0.96x", "0.97x"),
+                                            ("[0.93-1.01]", "[0.93-1.02]")])
+def test_an_edited_folder_readme_figure_fails_the_recompute(figure, edited, tmp_path, capsys):
+    copy = _copy("cpu-alexnet_cifar10-converged", tmp_path)
+    readme = copy / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert main(["--from-results", str(copy)]) is True, capsys.readouterr().out
+    capsys.readouterr()
+    assert text.count(figure) == 1
+    readme.write_text(text.replace(figure, edited), encoding="utf-8")
+    assert main(["--from-results", str(copy)]) is False
+    errors = _errors(capsys)
+    assert len(errors) == 1 and "README.md: '" in errors[0], errors
+
+
 def test_rewrite_derived_replaces_a_differing_derived_file(val_copy, capsys):
     _tamper_csv(str(val_copy / "table_cpu.csv"), "gain")
     assert main(["--from-results", str(val_copy), "--rewrite-derived"]) is True

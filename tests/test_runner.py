@@ -13,6 +13,24 @@ TINY = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--train-limit", "6
         "--batch-size", "32", "--timing-samples", "40", "--no-progress"]
 
 
+def test_progress_bars_only_when_both_streams_are_terminals(tmp_path, monkeypatch):
+    """``./dev.sh demo > demo.log``: no bars (carriage-return updates) in a file, the
+    stages' and epochs' own lines instead; on a terminal the bars unless --no-progress."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    argv = ["--network", "lenet_mnist", "--dataset", "mnist-5k", "--out", str(tmp_path / "o")]
+    assert parse_args(argv).no_progress is True  # pytest captures both streams: no terminal
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert parse_args(argv).no_progress is True  # stdout still a file
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert parse_args(argv).no_progress is False
+    assert parse_args(argv + ["--no-progress"]).no_progress is True
+
+
 def test_runner_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     summary = main(TINY + ["--out", out])
