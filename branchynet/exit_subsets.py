@@ -68,6 +68,14 @@ def subset_network(branchy, keep):
     return BranchyNet(layers)
 
 
+def subset_macs(costs, keep):
+    """Multiply-adds of a sample leaving at each kept exit of the subset B-net: its trunk
+    and head (``costs['path_macs']``) plus the heads of the kept exits before it."""
+    keep = check_subset(keep, len(costs["path_macs"]))
+    return [int(costs["path_macs"][k] + sum(costs["head_macs"][m] for m in keep if m < k))
+            for k in keep]
+
+
 def subset_sweep(outputs, keep, grid):
     """Every threshold vector of the subset on ``grid`` (values per kept early exit):
     ``(subset thresholds (points x kept-1), SweepResult of the full thresholds)``."""

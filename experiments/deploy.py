@@ -119,6 +119,9 @@ def parse_args(argv=None):
                          help="interleaved rounds (default: %(default)s)")
     subsets.add_argument("--block", type=int, default=10,
                          help="samples per interleaved block (default: %(default)s)")
+    subsets.add_argument("--macs-only", action="store_true",
+                         help="no timing: per subset, the point with the fewest multiply-adds "
+                              "per sample at the baseline's accuracy (from the cached outputs)")
     subsets.add_argument("--candidates", type=int, default=3,
                          help="fastest predicted points timed per subset and runtime "
                               "(default: %(default)s)")
@@ -766,6 +769,15 @@ def command_subsets(args):
     outputs, grid = exp.outputs, exp.config["grid"]
     base_acc = float(exp.baseline_outputs.exit_accuracies()[0])
     min_correct = int(round(base_acc * len(outputs)))
+    exp.evaluate()
+    fewest = {}
+    for keep in chosen:
+        macs = es.subset_macs(exp.costs, keep)
+        best = es.fastest_candidates(outputs, keep, grid, macs, min_correct, 1)
+        fewest[es.subset_name(keep)] = {"exit_macs": macs, "fewest": best[0] if best else None}
+    if args.macs_only:
+        print(format_subset_macs(fewest, exp.costs["baseline_macs"], base_acc, exp.spec.title))
+        return 0
     nets, runtimes = {}, {}
     for keep in chosen:
         name = es.subset_name(keep)
@@ -844,6 +856,7 @@ def command_subsets(args):
               "statistic": "each sample's fastest round, mean over samples, first of each "
                            "block left out; ONNX Runtime: the composed graph (one call)",
               "load": {"paths": paths.load, "points": points.load}, "subsets": result,
+              "fewest_macs": fewest, "baseline_macs": exp.costs["baseline_macs"],
               "decisions_differ": mismatches}
     tag = args.tag
     write_json(os.path.join(args.results, f"exit_subsets_{tag}.json"), record)
@@ -851,6 +864,26 @@ def command_subsets(args):
     for m in mismatches:
         print(f"error: exits or labels differ from the cached outputs: {m}", file=sys.stderr)
     return 1 if mismatches else 0
+
+
+def format_subset_macs(fewest, baseline_macs, base_acc, title):
+    """Per subset: the point with the fewest multiply-adds at the baseline's accuracy."""
+    lines = [f"B-{title}: fewest multiply-adds per sample at the baseline's accuracy "
+             f"({100 * base_acc:.2f}%, {baseline_macs:,} multiply-adds) per exit subset",
+             "| exits kept | multiply-adds per exit | T | accuracy | exits (%) | "
+             "multiply-adds per sample | FLOP gain |", "|---|---|---|---|---|---|---|"]
+    for name, f in fewest.items():
+        b, exits = f["fewest"], [int(e) for e in name[6:].split("+")]
+        macs = " / ".join(f"{m / 1e6:.2f}M" for m in f["exit_macs"])
+        if b is None:
+            lines.append(f"| {name[6:]} | {macs} | none reaches it | | | | |")
+            continue
+        shares = " / ".join(f"{100 * b['exit_fractions'][e - 1]:.1f}" for e in exits)
+        thresholds = ", ".join(f"{t:g}" for t in b["thresholds"]) or "-"
+        lines.append(f"| {name[6:]} | {macs} | {thresholds} | {100 * b['accuracy']:.2f} "
+                     f"| {shares} | {b['predicted_ms']:,.0f} "
+                     f"| {baseline_macs / b['predicted_ms']:.2f}x |")
+    return "\n".join(lines)
 
 
 def format_subsets(record, title):

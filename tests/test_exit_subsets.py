@@ -56,6 +56,16 @@ def test_subsets_and_thresholds():
         es.full_thresholds((0, 2), [0.1, 0.2], 3)
 
 
+def test_subset_macs_count_only_the_kept_heads():
+    from branchynet.flops import exit_path_costs
+    costs = exit_path_costs(tiny_net(16), (784,))
+    assert es.subset_macs(costs, (0, 1, 2)) == costs["macs"]  # the full B-net's own count
+    path, head = costs["path_macs"], costs["head_macs"]
+    assert es.subset_macs(costs, (0, 2)) == [path[0], path[2] + head[0]]
+    assert es.subset_macs(costs, (1, 2)) == [path[1], path[2] + head[1]]
+    assert es.subset_macs(costs, (2,)) == [path[2]]
+
+
 def test_a_dropped_head_never_runs_and_decisions_match_the_full_net(digits, tmp_path):
     x, y, tx, ty = digits
     net = tiny_net(16)
