@@ -276,23 +276,28 @@ def test_runner_writes_calibration_and_guarantee(tmp_path, capsys):
     assert doc["feasible"] is False and doc["samples_needed"] > 600
     assert doc["rows"][2]["selection"] == "Learn-then-Test: INFEASIBLE, last exit kept"
     # The same folder as written before December 2026: scores and predictions, no logits.
-    # Its calibration is refused with the fix; --calibrate adds the logits from the weights,
-    # the stored scores stay, and every file still re-derives identically.
-    for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
-        made = ExitOutputs.load(os.path.join(out, name))
-        np.savez(os.path.join(out, name), scores=made.scores, predictions=made.predictions,
-                 labels=made.labels, criterion=made.criterion, key=made.key)
+    # Its calibration is refused with the fix; --calibrate adds the logits from the weights
+    # (with --from-results, and in a run), the stored scores stay, and every file still
+    # re-derives identically.
+    def written_before():
+        for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
+            made = ExitOutputs.load(os.path.join(out, name))
+            np.savez(os.path.join(out, name), scores=made.scores, predictions=made.predictions,
+                     labels=made.labels, criterion=made.criterion, key=made.key)
+    written_before()
     capsys.readouterr()
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as stop:
         main(["--from-results", out])
     assert stop.value.code == 2
     assert "hold no logits" in capsys.readouterr().err
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["--from-results", out, "--calibrate"]) is True
-    assert "exit_outputs_val.npz: every exit's logits on 600 samples added" in printed.getvalue()
-    for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
-        with np.load(os.path.join(out, name)) as data:
-            assert {"scores", "logits"} <= set(data.files)
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--from-results", out]) is True
+    for argv in (["--from-results", out, "--calibrate"], TINY + ["--out", out, "--calibrate"]):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(argv)
+        assert "exit_outputs_val.npz: every exit's logits on 600 samples added" in printed.getvalue()
+        for name in ("exit_outputs.npz", "exit_outputs_val.npz"):
+            with np.load(os.path.join(out, name)) as data:
+                assert {"scores", "logits"} <= set(data.files)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["--from-results", out]) is True
+        written_before()
