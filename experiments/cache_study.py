@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -414,8 +414,9 @@ def run_perf(spec, work, nice, repeats, log):
 
 # -- the study ------------------------------------------------------------------------------
 
-def measure(args, log=print):
-    """Run the study on ``args.results``; returns the JSON document."""
+def measure(args, log=print, save=None):
+    """Run the study on ``args.results``; returns the JSON document, also passed to
+    ``save`` after every finished process (so a cut run keeps what it measured)."""
     from branchynet.provenance import file_sha256
     from branchynet.sweep import ExitOutputs, exit_indices
     from branchynet.timing import forced_exit_thresholds, loadavg
@@ -504,6 +505,7 @@ def measure(args, log=print):
             onnx_dir, onnx_note = prepare_onnx(args, exp, folder, x, work, weights)
         load_before = loadavg()
         started = datetime.datetime.now(datetime.timezone.utc)
+        doc = None
         tasks = []
         for runtime in args.runtime:
             spec = dict(base_spec, runtime=runtime, onnx=onnx_dir)
@@ -527,30 +529,41 @@ def measure(args, log=print):
                                  "events": dumps[name], "exits": exits[name]["exits"],
                                  "labels": exits[name]["labels"]} for name in dumps}, seconds
 
+        runtimes = {"chainer": chainer_runtimes(folder, args.tag, frontier)}
+        if "onnx" in args.runtime:
+            onnx_ms, onnx_why = onnx_runtimes(args.deploy_results, args.tag, weights)
+            runtimes["onnx"] = onnx_ms or {"missing": onnx_why}
+        points = []
+        for k, (pattern, pts) in enumerate(groups):
+            for p in pts:
+                points.append({"name": p["name"], "thresholds": p["thresholds"],
+                               "job": f"pattern {k + 1}", "accuracy": p["accuracy"],
+                               "exit_fractions": p["exit_fractions"], "knee": p["knee"],
+                               "paper_t": bool(paper_t) and p["name"] == point_name(paper_t),
+                               "exits_expected": list(pattern)})
+        finished = []
         with ThreadPoolExecutor(args.jobs) as pool:
-            finished = list(pool.map(run, tasks))
-        load_after = loadavg()
+            for future in as_completed([pool.submit(run, task) for task in tasks]):
+                finished.append(future.result())
+                finished.sort(key=lambda f: tasks.index(f[0]))
+                series = [{"runtime": runtime, "cache": cache, "wall_s": seconds,
+                           "jobs": results} for (runtime, cache, _), results, seconds in finished]
+                check_exits(series, jobs, groups, args.samples, log)
+                doc = document(args, exp, folder, started, load_before, loadavg(), weights,
+                               n_exits, tool, why, configs, caches, frontier, all_groups,
+                               groups, paper_t, jobs, series, points, runtimes, onnx_note)
+                doc["complete"] = len(finished) == len(tasks)
+                if save:
+                    save(doc)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return doc
 
-    series = []
-    for (runtime, cache, _), results, seconds in finished:
-        series.append({"runtime": runtime, "cache": cache, "wall_s": seconds,
-                       "jobs": results})
-    check_exits(series, jobs, groups, args.samples, log)
-    runtimes = {"chainer": chainer_runtimes(folder, args.tag, frontier)}
-    onnx_ms, onnx_why = onnx_runtimes(args.deploy_results, args.tag, weights) \
-        if "onnx" in args.runtime else (None, "")
-    if "onnx" in args.runtime:
-        runtimes["onnx"] = onnx_ms or {"missing": onnx_why}
-    points = []
-    for k, (pattern, pts) in enumerate(groups):
-        for p in pts:
-            points.append({"name": p["name"], "thresholds": p["thresholds"],
-                           "job": f"pattern {k + 1}", "accuracy": p["accuracy"],
-                           "exit_fractions": p["exit_fractions"], "knee": p["knee"],
-                           "paper_t": bool(paper_t) and p["name"] == point_name(paper_t),
-                           "exits_expected": list(pattern)})
+
+def document(args, exp, folder, started, load_before, load_after, weights, n_exits, tool,
+             why, configs, caches, frontier, all_groups, groups, paper_t, jobs, series,
+             points, runtimes, onnx_note):
+    """The study's JSON document from the series measured so far."""
     return {
         "title": f"Cache behaviour of inference at batch size 1: {exp.spec.title} and "
                  f"B-{exp.spec.title} at the frontier's thresholds",
@@ -563,15 +576,20 @@ def measure(args, log=print):
         "network": exp.spec.name, "network_title": exp.spec.title, "n_exits": n_exits,
         "samples": {"measured": args.samples, "indices": f"test samples 0-{args.samples - 1}",
                     "warmup": f"test samples {args.samples}-{args.samples + args.warmup - 1}, "
-                              f"every layer of both networks once, before any job"},
+                              f"every layer of both networks once, then every job once, "
+                              f"before any job is counted"},
         "tool": tool_record(tool, why, configs),
         "machine": machine_record(caches),
         "frontier": {"points": len(frontier), "patterns": len(all_groups),
                      "patterns_measured": len(groups), "grid": exp.config.get("grid"),
                      "paper_t": paper_t, "rule": "points of sweep_<tag>.csv with frontier = 1; "
                      "points whose measured samples take the same exits share one job"},
-        "jobs": [_plain_job(j) for j in jobs], "series": series, "points": points, "runtimes": runtimes,
-        "onnx_export": onnx_note, "paper": PAPER_FIG6,
+        "frontier_points": [{k: p[k] for k in ("name", "thresholds", "accuracy",
+                                                "exit_fractions", "knee")}
+                            | {"paper_t": bool(paper_t) and p["name"] == point_name(paper_t)}
+                            for p in frontier],
+        "jobs": [_plain_job(j) for j in jobs], "series": series, "points": points,
+        "runtimes": runtimes, "onnx_export": onnx_note, "paper": PAPER_FIG6,
     }
 
 
@@ -634,6 +652,7 @@ def tool_record(tool, why, configs):
 def machine_record(caches):
     import platform
     record = {"cpu": lscpu_model(), "cpu_count": os.cpu_count(), "caches": caches,
+              "code": _git_commit(),
               "platform": platform.platform(), "python": sys.version.split()[0],
               "numpy": np.__version__}
     try:
@@ -644,6 +663,20 @@ def machine_record(caches):
     except ImportError:
         pass
     return record
+
+
+def _git_commit():
+    """The repository's commit (and whether the tree differs from it), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "branchynet",
+                                "experiments", "networks"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def prepare_onnx(args, exp, folder, x, work, weights):
@@ -763,29 +796,29 @@ def spearman(a, b):
 
 
 def claim_check(doc, rows):
-    """Per series, over the B-net points with a measured runtime: Spearman's correlation
-    of runtime with the LL miss rate (measured on the samples' exits, and at the points'
-    test-set exit mix from the exit paths); positive = faster points miss less."""
+    """Per series: Spearman's correlation of runtime with the LL miss rate over the B-net
+    points with a measured runtime, measured on the samples' exits (the measured patterns)
+    and at every frontier point's test-set exit mix (from the exit paths); positive =
+    faster points miss less, as the paper says."""
     out = {}
     for s in doc["series"]:
         paths = path_figures(doc, s)
+        ms = doc["runtimes"].get(s["runtime"], {}).get("ms", {})
         pts = [r for r in rows if (r["runtime"], r["cache"]) == (s["runtime"], s["cache"])
                and r["thresholds"] is not None and r["runtime_ms"] is not None
                and "not timed" not in r["runtime_source"]]
-        if not pts:
-            continue
-        fractions = {p["name"]: p["exit_fractions"] for p in doc["points"]}
-        ms = [r["runtime_ms"] for r in pts]
-        at_mix = [mixed(paths, fractions[r["point"]]) for r in pts]
+        every = [p for p in doc.get("frontier_points", doc["points"])
+                 if p["name"] in ms and "not timed" not in ms[p["name"]]["source"]]
+        at_mix = [mixed(paths, p["exit_fractions"]) for p in every]
+        rates = [m["ll_miss_rate_percent"] for m in at_mix]
         out[f"{s['runtime']}, {s['cache']}"] = {
-            "points": len(pts),
-            "spearman_runtime_ll_rate": spearman(ms, [r["ll_miss_rate_percent"] for r in pts]),
+            "measured_points": len(pts),
+            "spearman_runtime_ll_rate": spearman(
+                [r["runtime_ms"] for r in pts], [r["ll_miss_rate_percent"] for r in pts]),
+            "points_at_test_mix": len(every),
             "spearman_runtime_ll_rate_at_test_mix": spearman(
-                ms, [m["ll_miss_rate_percent"] for m in at_mix]),
-            "spearman_runtime_ll_misses_at_test_mix": spearman(
-                ms, [m["ll_misses"] for m in at_mix]),
-            "ll_rate_range_percent": [min(r["ll_miss_rate_percent"] for r in pts),
-                                      max(r["ll_miss_rate_percent"] for r in pts)]}
+                [ms[p["name"]]["ms"] for p in every], rates),
+            "ll_rate_range_at_test_mix_percent": [min(rates), max(rates)] if rates else None}
     return out
 
 
@@ -870,7 +903,7 @@ def figure(doc, rows):
     markers = {"chainer": "o", "onnx": "s"}
     colors = {("chainer", "machine"): "tab:blue", ("chainer", "paper"): "tab:orange",
               ("onnx", "machine"): "tab:green", ("onnx", "paper"): "tab:red"}
-    fractions = {p["name"]: p for p in doc["points"]}
+    fractions = {p["name"]: p for p in doc.get("frontier_points", doc["points"])}
     missing = []
     for s in doc["series"]:
         mine = [r for r in rows if (r["runtime"], r["cache"]) == (s["runtime"], s["cache"])
@@ -882,20 +915,25 @@ def figure(doc, rows):
         paths = path_figures(doc, s)
         pts = sorted((r for r in mine if r["thresholds"] is not None),
                      key=lambda r: r["runtime_ms"])
-        at_mix = [mixed(paths, fractions[r["point"]]["exit_fractions"]) for r in pts]
+        ms = doc["runtimes"].get(s["runtime"], {}).get("ms", {})
+        every = sorted((p for p in doc.get("frontier_points", doc["points"])
+                        if p["name"] in ms), key=lambda p: ms[p["name"]]["ms"])
+        at_mix = [mixed(paths, p["exit_fractions"]) for p in every]
         label = f"{s['runtime']}, {_cache_title(doc, s['cache'])}"
-        panels = ((axes[0], [r["ll_miss_rate_percent"] for r in pts], "ll_miss_rate_percent"),
-                  (axes[1], [m["ll_miss_rate_percent"] for m in at_mix], "ll_miss_rate_percent"),
-                  (axes[2], [r["d1_miss_rate_percent"] for r in pts], "d1_miss_rate_percent"))
-        for ax, ys, key in panels:
-            xs = [r["runtime_ms"] for r in pts]
+        panels = ((axes[0], pts, [r["ll_miss_rate_percent"] for r in pts], "ll_miss_rate_percent"),
+                  (axes[1], [{"runtime_ms": ms[p["name"]]["ms"], "point": p["name"]}
+                             for p in every],
+                   [m["ll_miss_rate_percent"] for m in at_mix], "ll_miss_rate_percent"),
+                  (axes[2], pts, [r["d1_miss_rate_percent"] for r in pts], "d1_miss_rate_percent"))
+        for ax, drawn, ys, key in panels:
+            xs = [r["runtime_ms"] for r in drawn]
             ax.plot(xs, ys, markers[s["runtime"]], color=color, ms=4, alpha=0.6,
                     mfc="none" if s["runtime"] == "onnx" else color, label=f"B-net, {label}")
             for r in mine:
                 if r["thresholds"] is None:
                     ax.plot(r["runtime_ms"], r[key], "D", color=color, ms=9, mec="black",
                             label=f"baseline, {label}")
-            for x, y, r in zip(xs, ys, pts):
+            for x, y, r in zip(xs, ys, drawn):
                 p = fractions[r["point"]]
                 if p["knee"] or p["paper_t"]:
                     ax.plot(x, y, "*" if p["knee"] else "X", color=color, ms=13, mec="black")
@@ -956,13 +994,13 @@ def write_outputs(doc, out, log=print):
         f"{k}: " + ", ".join(f"{e} {v:.1%}" for e, v in d.items())
         for k, d in doc["additivity"].items()))
     for k, c in doc["claim_check"].items():
-        rho = c["spearman_runtime_ll_rate"]
-        rho_mix = c["spearman_runtime_ll_rate_at_test_mix"]
-        log(f"{k}: {c['points']} timed points, LL miss rate "
-            f"{c['ll_rate_range_percent'][0]:.4f}-{c['ll_rate_range_percent'][1]:.4f}%; "
-            f"Spearman(runtime, LL rate) = "
+        rho, rho_mix = c["spearman_runtime_ll_rate"], c["spearman_runtime_ll_rate_at_test_mix"]
+        span = c["ll_rate_range_at_test_mix_percent"]
+        log(f"{k}: Spearman(runtime, LL miss rate) over {c['measured_points']} measured points "
             + (f"{rho:+.2f}" if rho is not None else "n/a")
-            + ", at the test-set mix " + (f"{rho_mix:+.2f}" if rho_mix is not None else "n/a"))
+            + f"; over {c['points_at_test_mix']} timed frontier points at their test-set mix "
+            + (f"{rho_mix:+.2f}" if rho_mix is not None else "n/a")
+            + (f" (LL miss rate {span[0]:.4f}-{span[1]:.4f}%)" if span else ""))
     log(f"wrote {out}/cache_table.csv, {out}/fig6.png, {out}/fig6.pdf")
     return rows
 
@@ -979,11 +1017,14 @@ def main(argv=None):
             write_outputs(doc, args.out or args.from_results)
             return 0
         from branchynet.io import write_json
-        doc = measure(args)
-        out = args.out or os.path.join("results", f"fig6-{doc['network']}")
-        write_outputs(doc, out)
-        write_json(os.path.join(out, "cache_study.json"), doc)
-        print(f"wrote {out}/cache_study.json")
+
+        def save(doc):
+            out = args.out or os.path.join("results", f"fig6-{doc['network']}")
+            write_outputs(doc, out)
+            write_json(os.path.join(out, "cache_study.json"), doc)
+            print(f"wrote {out}/cache_study.json ({len(doc['series'])} series"
+                  + ("" if doc["complete"] else ", more to come") + ")")
+        measure(args, save=save)
         return 0
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
