@@ -255,6 +255,7 @@ def train(out, settings, data, jobs, deadline, log=print):
 
 def measure(out, data, samples, rounds, log=print):
     """Batch-size-1 ms of the first seed's exit paths, interleaved, into timing_cpu.json."""
+    derive(out)  # refuses an unfinished study
     settings = read_json(os.path.join(out, "study.json"))
     seed = settings["seeds"][0]
     x = data.test_x[:samples]
@@ -289,6 +290,12 @@ def derive(out):
     """The study's table (one row per depth, then the control and the starting point) from
     its exit outputs, the networks' structure and the timing record, if any."""
     settings = read_json(os.path.join(out, "study.json"))
+    missing = [n for n in ["start"] + run_names(settings)
+               if not os.path.exists(os.path.join(out, "runs", f"{n}.exits.npz"))]
+    if missing:
+        raise StudyError(f"{out}: {len(missing)} run(s) not finished ({', '.join(missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''}): run the study's command again "
+                         f"to continue them")
     spec = get_network(settings["network"])
     timing_path = os.path.join(out, "timing_cpu.json")
     timing = read_json(timing_path) if os.path.exists(timing_path) else None
@@ -402,8 +409,8 @@ def plot(out, table):
 
 def recompute(out, log=print):
     """Re-derive table.json from the committed files; True if identical. Redraws the figure."""
-    committed = read_json(os.path.join(out, "table.json"))
     table = derive(out)
+    committed = read_json(os.path.join(out, "table.json"))
     fresh = json.loads(json.dumps(table))
     if not _same(committed, fresh):
         log(f"{out}/table.json differs from what its exit outputs and timing record give")

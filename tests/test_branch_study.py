@@ -152,3 +152,13 @@ def test_measure_times_every_exit_path_of_the_first_seed(tiny_study, data_dir):
     rows = json.load(open(os.path.join(out, "table.json")))["rows"]
     assert all(r["exit1_ms"] > 0 and r["final_ms"] > 0 for r in rows[:2])
     assert branch_study.main(["--from-results", out]) == 0
+
+
+def test_an_unfinished_study_says_which_runs_to_continue(tiny_study, tmp_path, capsys):
+    import shutil
+    _, out, _ = tiny_study
+    copy = str(tmp_path / "unfinished")
+    shutil.copytree(out, copy)
+    os.remove(os.path.join(copy, "runs", "control-seed1.exits.npz"))
+    assert branch_study.main(["--from-results", copy]) == 2
+    assert "1 run(s) not finished (control-seed1)" in capsys.readouterr().err
