@@ -403,7 +403,21 @@ def test_unsupported_settings_fall_back_to_chainer():
     y = F.convolution_2d(x, W, groups=2).array  # grouped
     z = F.convolution_2d(x, W[:, :1].repeat(4, axis=1), dilate=2).array  # dilated
     h = F.max_pooling_2d(x.astype(np.float16), 3).array  # float16
+    g16, b16 = np.ones(4, np.float16), np.zeros(4, np.float16)
+    bn16 = F.batch_normalization(x.astype(np.float16), g16, b16).array  # float16
+    fixed16 = F.fixed_batch_normalization(x.astype(np.float16), g16, b16, b16, g16).array
+    bn_axis = F.batch_normalization(x, np.ones((4, 9), np.float32), np.zeros((4, 9), np.float32),
+                                    axis=(0, 3)).array  # statistics over other axes
+    sums = [F.sum(x, axis=(0, 2, 3), keepdims=True).array, F.sum(x, axis=(0, 1)).array]
     assert cpu_kernels.calls == before
+    with cpu_kernels.enabled(False):
+        np.testing.assert_array_equal(bn16, F.batch_normalization(x.astype(np.float16), g16,
+                                                                  b16).array)
+        np.testing.assert_array_equal(fixed16, F.fixed_batch_normalization(
+            x.astype(np.float16), g16, b16, b16, g16).array)
+        np.testing.assert_array_equal(bn_axis, F.batch_normalization(
+            x, np.ones((4, 9), np.float32), np.zeros((4, 9), np.float32), axis=(0, 3)).array)
+        np.testing.assert_array_equal(sums[0], F.sum(x, axis=(0, 2, 3), keepdims=True).array)
     with cpu_kernels.enabled(False):
         np.testing.assert_array_equal(y, F.convolution_2d(x, W, groups=2).array)
         np.testing.assert_array_equal(
