@@ -213,6 +213,14 @@ def test_resnet_convolutions_run_by_taps_where_they_suit(layers):
     }
 
 
+def test_taps_without_numpys_cblas_use_matmul(layers, monkeypatch):
+    """Where NumPy ships no OpenBLAS CBLAS to call, the taps accumulate by numpy.matmul."""
+    assert cpu_kernels._CBLAS  # this machine has it: the path below is the other one
+    monkeypatch.setattr(cpu_kernels, "_CBLAS", {})
+    ran = _check_conv(layers, "resnet110_cifar10", 4, "contiguous")
+    assert ran["conv_taps"] == ran["deconv_taps"] == 1
+
+
 @pytest.mark.parametrize("name, i", BN_CASES, ids=[f"{n}-bn{i}" for n, i in BN_CASES])
 @pytest.mark.parametrize("layout", ["recorded", "contiguous"])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
