@@ -17,6 +17,7 @@ the caller times the process with ``count`` samples against the same with none.
 import ctypes
 import json
 import mmap
+import os
 import platform
 import sys
 
@@ -24,7 +25,8 @@ import numpy as np
 
 # Callgrind's client requests (valgrind/callgrind.h: VG_USERREQ_TOOL_BASE('C', 'T') + k).
 _BASE = (ord("C") << 24) | (ord("T") << 16)
-ZERO_STATS, DUMP_STATS_AT, START_INSTRUMENTATION = _BASE + 1, _BASE + 3, _BASE + 4
+ZERO_STATS, DUMP_STATS_AT = _BASE + 1, _BASE + 3
+START_INSTRUMENTATION, STOP_INSTRUMENTATION = _BASE + 4, _BASE + 5
 
 # Valgrind's client-request instruction sequence on x86-64 (valgrind.h): rotations of rdi
 # by 3, 13, 61 and 51 bits (128 in all: rdi is unchanged), then ``xchg rbx, rbx``; rax
@@ -59,6 +61,9 @@ class ClientRequests:
 
     def start_instrumentation(self):
         self(START_INSTRUMENTATION)
+
+    def stop_instrumentation(self):
+        self(STOP_INSTRUMENTATION)
 
     def zero(self):
         self(ZERO_STATS)
@@ -137,6 +142,12 @@ def main(path):
             results.append(run_job(predict, job, measured, requests, "cold: " + job["name"]))
     with open(spec["out"], "w", encoding="utf-8") as f:
         json.dump(results, f)
+    if requests:
+        # Nothing after the last job is counted: the interpreter's teardown would run
+        # simulated for minutes, so it runs uninstrumented and is skipped.
+        requests.stop_instrumentation()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
