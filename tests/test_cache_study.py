@@ -58,11 +58,10 @@ def test_callgrind_counts_each_job_alone(lenet_study):
     assert machine["D1"] == {"size": l1d["size"], "ways": l1d["ways"], "line": l1d["line"]}
     (series,) = doc["series"]
     jobs = {name: j["per_sample"] for name, j in series["jobs"].items()}
-    # Exit 1 runs the first conv and the branch; exit 2 the whole trunk: more instructions.
-    assert jobs["exit 1 path"]["instructions"] < 0.8 * jobs["exit 2 path"]["instructions"]
-    # The baseline is the exit-2 path without the branch's head: close to it.
-    assert jobs["baseline"]["instructions"] == pytest.approx(
-        jobs["exit 2 path"]["instructions"], rel=0.25)
+    # Exit 1 runs the first conv and the branch; the baseline the whole trunk; a sample
+    # forced to exit 2 runs the whole trunk and exit 1's branch before it.
+    assert (jobs["exit 1 path"]["instructions"] < jobs["baseline"]["instructions"]
+            < jobs["exit 2 path"]["instructions"])
     # Each job alone: the repeated baseline counts what the first did (order does not matter).
     assert jobs["baseline (repeated last)"]["instructions"] == pytest.approx(
         jobs["baseline"]["instructions"], rel=0.02)
