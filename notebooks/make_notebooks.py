@@ -40,6 +40,7 @@ NOTEBOOKS = {
         "paper": dict(dataset="cifar10", train_limit=None, test_limit=None, batch_size=512,
                       baseline_epochs=50, branchy_epochs=100, timing_samples=1000),
         "fig4": True,
+        "fig6": "fig6-alexnet_cifar10",
     },
     "resnet110_cifar10": {
         "title": "B-ResNet-110 on CIFAR-10",
@@ -394,6 +395,8 @@ first_exit_figure(exited, accuracy, max_entropy, sweep.exit_fractions[k][0],
                   f"B-AlexNet, exit 1 (exit 2 at T = {thresholds[1]:g})")
 plt.show()"""),
         ]
+    if config.get("fig6"):
+        out += fig6_cells(config["fig6"])
     if config.get("guarantee"):
         out += guarantee_cells(config["guarantee"])
     if config.get("seeds"):
@@ -426,6 +429,33 @@ write_json(os.path.join(work_dir, "notebook_summary.json"), summary)
 print(f"wrote {os.path.relpath(os.path.join(work_dir, 'notebook_summary.json'), root)}")"""),
     ]
     return out
+
+
+def fig6_cells(folder):
+    """The paper's Fig. 6 (cache misses against the threshold) from a committed study."""
+    md, code = new_markdown_cell, new_code_cell
+    return [
+        md(f"""### Fig. 6: runtime and cache-miss rate against the threshold
+
+The paper: for B-AlexNet on its CPU (20 MB L3), the more aggressive thresholds run faster
+and miss the cache less (x = runtime 4-10 ms, y = cache-miss rate 0-0.25%). This cell reads
+the committed study `results/{folder}/cache_study.json` (`python -m
+experiments.cache_study`; no measurement here): per sample at batch size 1 under
+callgrind, with this machine's caches and with the paper's 20 MB L3, the baseline, each
+exit path and the measured frontier thresholds of the converged folder, and every frontier
+point at its test-set exit mix from the exit paths; runtimes from the folder's own timing
+record (docs/replication.md, "Fig. 6")."""),
+        code(f"""import sys
+if root not in sys.path:
+    sys.path.insert(0, root)
+from experiments import cache_study
+
+study = read_json(os.path.join(root, "results", "{folder}", "cache_study.json"))
+rows = cache_study.table_rows(study)
+print(cache_study.format_table(study, rows))
+cache_study.figure(study, rows)
+plt.show()"""),
+    ]
 
 
 def guarantee_cells(folder):
