@@ -297,15 +297,22 @@ def test_tampered_validation_outputs_fail_the_verification(val_copy, data_dir, c
 
 
 def _record_data_folder(folder, data_folder):
-    """Make a copied results folder's config.json record CIFAR-10 in ``data_folder``."""
-    path = os.path.join(folder, "config.json")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    config["data_record"]["folder"] = data_folder
-    for name, record in config["data_record"]["files"].items():
-        record["path"] = os.path.join(data_folder, name)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    """Make a copied results folder record CIFAR-10 in ``data_folder``: config.json, and the
+    copy of the config that summary.json carries (else the recompute reports the change, as
+    it must: ``data_folder`` may be the same files spelled through a symbolic link)."""
+    def moved(record):
+        record["folder"] = data_folder
+        for name, entry in record["files"].items():
+            entry["path"] = os.path.join(data_folder, name)
+
+    for name, config_of in (("config.json", lambda doc: doc),
+                            ("summary.json", lambda doc: doc["config"])):
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        moved(config_of(doc)["data_record"])
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
 
 
 @pytest.fixture
