@@ -51,6 +51,7 @@ from branchynet.routing import entropy
 from branchynet.threads import set_blas_threads, timing_threads
 from branchynet.timing import EndToEnd, forced_exit_thresholds, interleave
 from branchynet.training import Recipe, TimeBudgetExhausted, load_weights, train_or_load
+from experiments.compare import json_difference
 from branchynet.variants import copy_main_branch, one_branch, side_branches, with_conv_layers
 from networks import get_network
 
@@ -412,23 +413,14 @@ def recompute(out, log=print):
     table = derive(out)
     committed = read_json(os.path.join(out, "table.json"))
     fresh = json.loads(json.dumps(table))
-    if not _same(committed, fresh):
-        log(f"{out}/table.json differs from what its exit outputs and timing record give")
+    difference = json_difference(committed, fresh)
+    if difference:
+        log(f"{out}/table.json differs from what its exit outputs and timing record give: "
+            f"{difference}")
         return False
     plot(out, table)
     log(f"{out}: table.json re-derived identically; fig5.png redrawn")
     return True
-
-
-def _same(a, b, rtol=1e-9):
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k], rtol) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y, rtol) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
-            abs(a - b) <= rtol * max(abs(a), abs(b), 1e-300)
-    return a == b
 
 
 # -- command line ---------------------------------------------------------------------------
