@@ -355,9 +355,36 @@ def _cell(value):
     return "" if value is None else value
 
 
+def format_table(table):
+    """The derived table as aligned text: one row per depth, the control and the start."""
+    header = ("run", "final exit %", "seeds", "exit 1 %", "seeds", "exit-1 M MACs",
+              "exit-1 ms", "final ms")
+    lines = [header]
+    for row in table["rows"]:
+        macs = row.get("exit1_macs")
+        lines.append((row["run"], _cell(row["final_accuracy"]), _cell(row["final_accuracy_seeds"]),
+                      _cell(row.get("exit1_accuracy")), _cell(row.get("exit1_accuracy_seeds")),
+                      "" if macs is None else f"{macs / 1e6:.1f}", _cell(row.get("exit1_ms")),
+                      _cell(row.get("final_ms"))))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip()
+                     for line in lines)
+
+
 def plot(out, table):
+    """Draw the figure into ``out``/fig5.png."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = figure(table)
+    with atomic_path(os.path.join(out, "fig5.png")) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+
+
+def figure(table):
+    """Fig. 5 from a derived table: final-exit accuracy against depth beside the control;
+    exit 1's accuracy and cost."""
     import matplotlib.pyplot as plt
     s = table["settings"]
     rows = [r for r in table["rows"] if r["conv_layers"] is not None]
@@ -403,9 +430,7 @@ def plot(out, table):
                       textcoords="offset points", xytext=(0, 6), ha="center", color="tab:red")
     right.set_title("exit 1: accuracy and cost", fontsize=10)
     fig.tight_layout()
-    with atomic_path(os.path.join(out, "fig5.png")) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
+    return fig
 
 
 def recompute(out, log=print):
@@ -477,8 +502,9 @@ def main(argv=None):
                 raise StudyError(f"--timing-samples {args.timing_samples}: only "
                                  f"{len(data.test_y)} test samples")
             measure(args.measure, data, args.timing_samples, args.timing_rounds)
-            write_report(args.measure, derive(args.measure))
-            print(open(os.path.join(args.measure, "table.csv")).read())
+            table = derive(args.measure)
+            write_report(args.measure, table)
+            print(format_table(table))
             return 0
         settings = study_settings(args)
         out = args.out or os.path.join(
@@ -489,7 +515,9 @@ def main(argv=None):
         if not train(out, settings, data, args.jobs, deadline):
             print("stopped at the time budget; run the same command again to continue")
             return EXIT_TIME_BUDGET
-        write_report(out, derive(out))
+        table = derive(out)
+        write_report(out, table)
+        print(format_table(table))
         print(f"{out}: table.csv, table.json, fig5.png (time the exit paths with --measure {out})")
         return 0
     except (StudyError, DatasetError) as err:

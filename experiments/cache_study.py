@@ -94,7 +94,9 @@ def parse_args(argv=None):
     p.add_argument("--onnx", metavar="DIR", help="an ONNX export of the folder's weights "
                    "(default: exported into a temporary folder)")
     p.add_argument("--deploy-results", metavar="DIR",
-                   help="folder with deploy_<tag>.json of the same weights: ONNX Runtime ms")
+                   help="folder with deploy_<tag>.json of the same weights: ONNX Runtime ms "
+                        "(with --from-results: take them from this, newer, record; the "
+                        "counts stay as measured)")
     p.add_argument("--max-points", type=int, default=0,
                    help="measure only this many exit patterns, spread over the frontier "
                         "(0: all; the knee and the paper's T are always kept)")
@@ -276,6 +278,29 @@ def onnx_runtimes(deploy, tag, weights):
     for name, entry in ort.get("frontier", {}).items():
         out[name] = {"ms": entry["stats"]["median_ms"], "source": f"{path} ort frontier"}
     return {"title": doc.get("title"), "ms": out}, ""
+
+
+def with_onnx_runtimes(doc, deploy, tag):
+    """The study with its ONNX Runtime series' ms taken from a newer deploy record of the same
+    weights (a quiet re-measurement); the simulated counts do not depend on the load."""
+    if not any(s["runtime"] == "onnx" for s in doc["series"]):
+        raise UsageError("the study measured no ONNX Runtime series: nothing to take from "
+                         f"{deploy}")
+    onnx_ms, why = onnx_runtimes(deploy, tag, doc["weights_sha256"])
+    if onnx_ms is None:
+        raise UsageError(f"--deploy-results {deploy}: {why}")
+    before = doc["runtimes"].get("onnx", {}).get("ms", {})
+    missing = [name for name in before if name not in onnx_ms["ms"]]
+    if missing:
+        raise UsageError(f"{deploy}/deploy_{tag}.json has no ONNX Runtime time for "
+                         f"{', '.join(missing[:3])}, which the study's record has: time the "
+                         f"same points there")
+    refreshed = dict(doc, runtimes=dict(doc["runtimes"], onnx=onnx_ms))
+    refreshed["onnx_runtimes_from"] = {
+        "deploy_record": os.path.normpath(os.path.join(deploy, f"deploy_{tag}.json")),
+        "command": f"python -m experiments.cache_study --from-results DIR "
+                   f"--deploy-results {os.path.normpath(deploy)}"}
+    return refreshed
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -1014,7 +1039,13 @@ def main(argv=None):
                 raise UsageError(f"{path} does not exist: measure first (--results DIR)")
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
-            write_outputs(doc, args.out or args.from_results)
+            if args.deploy_results:
+                doc = with_onnx_runtimes(doc, args.deploy_results, args.tag)
+            out = args.out or args.from_results
+            write_outputs(doc, out)
+            if args.deploy_results:
+                from branchynet.io import write_json
+                write_json(os.path.join(out, "cache_study.json"), doc)
             return 0
         from branchynet.io import write_json
 

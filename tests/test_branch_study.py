@@ -109,6 +109,12 @@ def test_the_study_trains_every_depth_and_seed_and_a_control(tiny_study, data_di
     assert rows["k = 2"]["exit1_macs"] == exit_path_costs(variant, (1, 28, 28))["macs"][0]
     assert rows["k = 2"]["exit1_macs"] > rows["k = 0"]["exit1_macs"]
     assert os.path.exists(os.path.join(out, "fig5.png"))
+    # The printed table (and the notebook's): one line per row, the seeds' figures in it.
+    text = branch_study.format_table(table).splitlines()
+    assert len(text) == 1 + len(rows) and text[0].startswith("run")
+    k2 = next(line for line in text if line.startswith("k = 2"))
+    assert " / ".join(f"{v:.2f}" for v in rows["k = 2"]["final_accuracy_seeds"]) in k2
+    assert f"{rows['k = 2']['exit1_macs'] / 1e6:.1f}" in k2.split()
     ignored = open(os.path.join(out, ".gitignore")).read()
     assert "runs/*-seed[1-9]*.npz" in ignored and "snapshot_" not in ignored
 

@@ -117,6 +117,36 @@ def test_committed_study_redraws_its_table(tmp_path):
     assert knee["thresholds"] == [0.5, 0.5]
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(COMMITTED, "cache_study.json")),
+                    reason="no committed results/fig6-alexnet_cifar10/cache_study.json")
+def test_onnx_runtimes_come_from_the_deploy_record_of_the_same_weights(tmp_path, capsys):
+    import json
+    deploy = os.path.join(REPO, "results", "deploy-alexnet_cifar10-converged")
+    with open(os.path.join(deploy, "deploy_cpu.json")) as f:
+        ort = json.load(f)["summary"]["runtimes"]["ort"]
+    assert main(["--from-results", COMMITTED, "--out", str(tmp_path),
+                 "--deploy-results", deploy]) == 0
+    with open(tmp_path / "cache_study.json") as f:
+        doc = json.load(f)
+    ms = doc["runtimes"]["onnx"]["ms"]
+    assert ms["baseline"]["ms"] == ort["baseline"]["median_ms"]
+    assert {n: v["ms"] for n, v in ms.items() if n != "baseline"} == {
+        n: e["stats"]["median_ms"] for n, e in ort["frontier"].items()}
+    assert doc["onnx_runtimes_from"]["deploy_record"].endswith("deploy_cpu.json")
+    for r in table_rows(doc):
+        if r["runtime"] == "onnx" and r["point"] in ms:
+            assert r["runtime_ms"] == ms[r["point"]]["ms"]
+    # The committed study already carries the committed record's times.
+    with open(os.path.join(COMMITTED, "cache_study.json")) as f:
+        committed = json.load(f)["runtimes"]["onnx"]["ms"]
+    assert {n: v["ms"] for n, v in committed.items()} == {n: v["ms"] for n, v in ms.items()}
+    # Another network's record is refused, naming why.
+    other = os.path.join(REPO, "results", "deploy-lenet_mnist-paper")
+    assert main(["--from-results", COMMITTED, "--out", str(tmp_path / "x"),
+                 "--deploy-results", other]) == 2
+    assert "is not the measured folder's weights" in capsys.readouterr().err
+
+
 def test_bad_input_is_refused_before_work(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "nothing")]) == 2
     assert "not a results folder" in capsys.readouterr().err
