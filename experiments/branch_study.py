@@ -124,7 +124,7 @@ def check_folder(out, settings):
     write_json(path, settings)
     write_text(os.path.join(out, ".gitignore"),
                "# the weights of every seed but the first (their exit outputs are kept)\n"
-               "runs/*-seed[1-9]*.npz\n")
+               "runs/*-seed[1-9]*.npz\n!runs/*.exits.npz\n")
 
 
 def load_data(settings, data_dir):
