@@ -28,6 +28,13 @@ def array_sha256(array):
     return digest.hexdigest()
 
 
+def exit_outputs_key(weights_path, x, y, criterion):
+    """The key an exit-output cache is stored under: the weights file, the inputs, the labels
+    and the exit criterion it was made with."""
+    return json.dumps({"weights": file_sha256(weights_path), "inputs": array_sha256(x),
+                       "labels": array_sha256(y), "criterion": criterion}, sort_keys=True)
+
+
 def blas_settings():
     """The loaded BLAS libraries with their current thread counts, and the thread variables
     set in the environment (which ``branchynet.threads`` overrides where it sets a count)."""

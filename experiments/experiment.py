@@ -32,8 +32,8 @@ from branchynet.frontier import inc_points, knee, pareto_points, spread_over_run
 from branchynet.io import atomic_path, read_json, write_json
 from branchynet.net import BranchyNet
 from branchynet.paper import PAPER_T, paper_rows, paper_thresholds
-from branchynet.provenance import (array_sha256, canonical_key, differences, file_sha256,
-                                   machine_key)
+from branchynet.provenance import (array_sha256, canonical_key, differences, exit_outputs_key,
+                                   file_sha256, machine_key)
 from branchynet.report import device_label, machine_info, plot_tradeoff, write_csv
 from branchynet.selection import AccuracyFloor, InfeasibleBudget, LatencyBudget, choose
 from branchynet.threads import thread_count, training_step, training_threads
@@ -335,9 +335,7 @@ class Experiment:
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
         name = "exit_outputs" + ("_val" if split == "val" else "") + (
             "_baseline" if weights == "baseline" else self.suffix) + ".npz"
-        key = json.dumps({"weights": file_sha256(self.path(f"{weights}.npz")),
-                          "inputs": array_sha256(x), "labels": array_sha256(y),
-                          "criterion": criterion}, sort_keys=True)
+        key = exit_outputs_key(self.path(f"{weights}.npz"), x, y, criterion)
         path = self.path(name)
         if os.path.exists(path):
             cached = ExitOutputs.load(path)

@@ -40,6 +40,7 @@ NOTEBOOKS = {
         "paper": dict(dataset="cifar10", train_limit=None, test_limit=None, batch_size=512,
                       baseline_epochs=50, branchy_epochs=100, timing_samples=1000),
         "fig4": True,
+        "fig5": "fig5-alexnet_cifar10",
         "fig6": "fig6-alexnet_cifar10",
     },
     "resnet110_cifar10": {
@@ -111,10 +112,10 @@ from branchynet.io import read_json
 from branchynet.net import BranchyNet
 from branchynet.paper import paper_rows, paper_thresholds
 from branchynet.report import device_label, format_table, machine_info, tradeoff_figure
-from branchynet.sweep import (collect_exit_outputs, evaluate_grid, first_exit_curve,
-                              predict_runtime, threshold_grid)
+from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid,
+                              first_exit_curve, predict_runtime, threshold_grid)
 from branchynet.threads import training_step, training_threads
-from branchynet.provenance import array_sha256, file_sha256
+from branchynet.provenance import array_sha256, exit_outputs_key, file_sha256
 from branchynet.timing import Interleaved, measure_latency, path_summary
 from branchynet.training import train_or_load
 from networks import get_network
@@ -208,10 +209,24 @@ most `timed_points`, spread over runtime, the knee among them) and, for the pape
 networks, Table I's thresholds are then measured for real with early-exit inference at
 batch size 1. On a runner folder whose `timing_<device>.json` timed these weights on these
 samples, its profile and rounds are taken instead (`remeasure = True` times again), so the
-notebook shows the folder's own measurement."""),
-        code("""outputs = collect_exit_outputs(branchy.to_device(train_device), data.test_x, data.test_y)
-baseline_accuracy = collect_exit_outputs(baseline.to_device(train_device), data.test_x,
-                                         data.test_y).exit_accuracies()[0]
+notebook shows the folder's own measurement; its cached exit outputs are read the same way
+when their key names these weights and test samples."""),
+        code("""def exit_outputs_of(net, weights, cache_name):
+    \"\"\"Every exit's outputs on the test set: the runner folder's cache where its key says
+    it holds these weights on these samples, else every exit run once.\"\"\"
+    key = exit_outputs_key(paths[weights], data.test_x, data.test_y, "entropy")
+    cache = os.path.join(results_dir, cache_name) if results_dir else None
+    cached = ExitOutputs.load(cache) if cache and os.path.exists(cache) else None
+    if cached is not None and cached.key == key:
+        print(f"{weights}: exit outputs on these {len(data.test_y)} test samples read from "
+              f"{os.path.relpath(cache, root)} (the runner's, for these weights)")
+        return cached
+    return collect_exit_outputs(net.to_device(train_device), data.test_x, data.test_y)
+
+
+outputs = exit_outputs_of(branchy, "branchynet", "exit_outputs.npz")
+baseline_accuracy = exit_outputs_of(baseline, "baseline",
+                                    "exit_outputs_baseline.npz").exit_accuracies()[0]
 sweep = evaluate_grid(outputs, threshold_grid(spec.grid, branchy.n_exits))
 # Table I's thresholds for the paper's own networks (None for others).
 paper_t = paper_thresholds(spec.name)
@@ -395,6 +410,8 @@ first_exit_figure(exited, accuracy, max_entropy, sweep.exit_fractions[k][0],
                   f"B-AlexNet, exit 1 (exit 2 at T = {thresholds[1]:g})")
 plt.show()"""),
         ]
+    if config.get("fig5"):
+        out += fig5_cells(config["fig5"])
     if config.get("fig6"):
         out += fig6_cells(config["fig6"])
     if config.get("guarantee"):
@@ -429,6 +446,30 @@ write_json(os.path.join(work_dir, "notebook_summary.json"), summary)
 print(f"wrote {os.path.relpath(os.path.join(work_dir, 'notebook_summary.json'), root)}")"""),
     ]
     return out
+
+
+def fig5_cells(folder):
+    """The paper's Fig. 5 (depth of branch 1 against the final exit) from a committed study."""
+    md, code = new_markdown_cell, new_code_cell
+    return [
+        md(f"""### Fig. 5: how deep the first branch should be
+
+The paper: B-AlexNet with only its first side branch, 0-4 convolutional layers in it, one
+run per depth; it reads an optimum depth that improves the final exit (axis 76-78%). This
+cell re-derives the committed study `results/{folder}` (`python -m
+experiments.branch_study`; no training here) from its exit outputs and timing record: every
+depth over two seeds from the same converged baseline, and a **control**, the baseline
+trained the same extra epochs with no branch (docs/replication.md, "Fig. 5")."""),
+        code(f"""import sys
+if root not in sys.path:
+    sys.path.insert(0, root)
+from experiments import branch_study
+
+table = branch_study.derive(os.path.join(root, "results", "{folder}"))
+print(branch_study.format_table(table))
+branch_study.figure(table)
+plt.show()"""),
+    ]
 
 
 def fig6_cells(folder):

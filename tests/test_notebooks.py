@@ -88,6 +88,7 @@ def test_lenet_notebook_and_reloading_its_weights(tmp_path):
     again, notebook = execute("lenet_mnist", tmp_path / "again",
                               results_dir=summary["weights_from"], timing_samples=50)
     assert "reusing" in printed(notebook) and "] training" not in printed(notebook)
+    assert "read from" not in printed(notebook)  # a notebook's work_dir holds no exit outputs
     assert again["baseline_accuracy"] == summary["baseline_accuracy"]
     assert again["exit_accuracies"] == summary["exit_accuracies"]
 
@@ -116,6 +117,15 @@ def test_resnet_notebook(tmp_path, data_dir):
     assert summary["settings"]["test_limit"] == 2_000
     assert images(notebook) == 2
     assert summary["macs"][0] == 48_600_000 and summary["baseline_macs"] == 232_411_968
+    # The folder's exit outputs are read, not recomputed: their key names these weights and
+    # these 2,000 test samples, and they give the folder's own accuracies.
+    folder = os.path.join(ROOT, "results", "cpu-resnet110_cifar10")
+    for cache in ("exit_outputs.npz", "exit_outputs_baseline.npz"):
+        assert f"test samples read from results/cpu-resnet110_cifar10/{cache}" in printed(notebook)
+    with open(os.path.join(folder, "summary.json")) as f:
+        recorded = json.load(f)
+    assert summary["exit_accuracies"] == pytest.approx(recorded["exit_accuracies"], abs=1e-12)
+    assert summary["baseline_accuracy"] == pytest.approx(recorded["baseline_accuracy"], abs=1e-12)
     assert "[branchynet] reusing" in printed(notebook)
     assert "[baseline] training" not in printed(notebook)
 
