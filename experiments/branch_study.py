@@ -390,7 +390,7 @@ def figure(table):
     rows = [r for r in table["rows"] if r["conv_layers"] is not None]
     control, start = table["rows"][-2], table["rows"][-1]
     ks = [r["conv_layers"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 5.0))
     for r in rows:
         left.scatter([r["conv_layers"]] * len(r["final_accuracy_seeds"]),
                      r["final_accuracy_seeds"], color="tab:blue", alpha=0.45, s=18)
@@ -405,9 +405,8 @@ def figure(table):
     left.set_xlabel(f"convolutional layers in branch {s['branch']}")
     left.set_ylabel("final-exit accuracy (%)")
     left.set_title(f"{s['network']}: {s['epochs']} joint epoch(s) from one baseline", fontsize=10)
-    left.legend(fontsize=7.5, loc="lower left")
-    left.text(0.01, 0.99, PAPER_SHAPE, transform=left.transAxes, fontsize=7, va="top", wrap=True,
-              color="dimgrey")
+    left.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1,
+                frameon=False)
     right.plot(ks, [r["exit1_accuracy"] for r in rows], "s-", color="tab:green",
                label="exit-1 accuracy (mean)")
     right.set_xticks(ks)
@@ -429,7 +428,8 @@ def figure(table):
         cost.annotate(f"{r['exit1_macs'] / 1e6:.1f} M MACs", (k, value), fontsize=7,
                       textcoords="offset points", xytext=(0, 6), ha="center", color="tab:red")
     right.set_title("exit 1: accuracy and cost", fontsize=10)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, PAPER_SHAPE, ha="center", va="bottom", fontsize=7.5, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 

@@ -178,3 +178,22 @@ def test_an_unfinished_study_says_which_runs_to_continue(tiny_study, tmp_path, c
     os.remove(os.path.join(copy, "runs", "control-seed1.exits.npz"))
     assert branch_study.main(["--from-results", copy]) == 2
     assert "1 run(s) not finished (control-seed1)" in capsys.readouterr().err
+
+
+COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "results", "fig5-alexnet_cifar10")
+
+
+def test_the_committed_study_recomputes_from_its_exit_outputs(tmp_path):
+    """results/fig5-alexnet_cifar10 (docs/replication.md, "Fig. 5"): its table derives from
+    the committed exit outputs and timing record alone (a copy, so the figure is redrawn
+    outside the repository)."""
+    import shutil
+    copy = str(tmp_path / "fig5")
+    shutil.copytree(COMMITTED, copy)
+    assert branch_study.main(["--from-results", copy]) == 0
+    table = json.load(open(os.path.join(copy, "table.json")))
+    rows = {row["run"]: row for row in table["rows"]}
+    assert len(rows) == 7 and all(len(rows[f"k = {k}"]["final_accuracy_seeds"]) == 2
+                                  for k in range(5))
+    assert table["timing"]["samples"] == 500 and table["timing"]["rounds"] == 5
