@@ -4,8 +4,8 @@
 # runtimes at batch size 1. Needs the deploy extra: pip install -e ".[deploy]".
 # The converged networks (lenet-paper, alexnet-converged, the default) take the weights,
 # exit outputs and timing record of their results/cpu-* folder (copied, not retrained),
-# and are also timed per exit subset and profiled per layer (docs/benchmarks.md); estimated at
-# 6 minutes on a quiet 2-core machine (not yet timed there).
+# and are also timed per exit subset and profiled per layer (docs/benchmarks.md); 534 s on
+# the quiet 2-core machine of docs/deploy.md (2026-12-03).
 # Usage: BRANCHYNET_DATA=../shared/data scripts/deploy_cpu_results.sh \
 #            [lenet-paper|alexnet-converged|lenet|alexnet|resnet]...
 set -eu
