@@ -102,7 +102,7 @@ def test_alexnet_notebook(tmp_path, data_dir):
                  setting="cpu-alexnet_cifar10")
     # The folder's settings (config.json), not the quick setting's: all 10,000 test images.
     assert summary["settings"]["train_limit"] == 10_000 and summary["settings"]["test_limit"] is None
-    assert images(notebook) == 4  # Fig. 3, exits and entropies, Fig. 4, Fig. 6
+    assert images(notebook) == 5  # Fig. 3, exits and entropies, Fig. 4, Fig. 5, Fig. 6
     # Briefly trained (10,000 images, 3 + 3 epochs): far from the paper, above chance (10%).
     assert max(summary["exit_accuracies"]) > 0.2
     assert "[branchynet] reusing" in printed(notebook)
