@@ -23,8 +23,11 @@ import pytest
 from experiments.run import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runner folders (a config.json beside a timing record; the branch study's folder has a
+# timing record of its own and is recomputed by tests/test_branch_study.py).
 FOLDERS = sorted(set(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
-                                                                          "timing_*.json"))))
+                                                                          "timing_*.json"))
+                     if os.path.exists(os.path.join(os.path.dirname(p), "config.json"))))
 # Every folder with a sweep, timed by the runner or not (the deploy folders).
 SWEPT = sorted(set(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "results", "*",
                                                                         "sweep_*.csv"))))
