@@ -163,10 +163,15 @@ one per weight use per sample; a sample leaving at exit n also ran the heads of 
 before it."""),
         code("""# BLAS threads for training and batched work, chosen as the runner chooses them
 # (--blas-threads auto: the faster of 1 thread and every core for one training step of
-# a fresh B-net); batch-size-1 timing always runs with one thread (branchynet.threads).
+# a fresh B-net; one thread when nothing trains here); batch-size-1 timing always runs
+# with one thread (branchynet.threads).
 first_batch = data.train_x[:S["batch_size"]], data.train_y[:S["batch_size"]]
-blas = training_threads("auto", (lambda: training_step(BranchyNet(spec.build()), *first_batch))
-                        if train_device.xp is np else None, "training on a GPU")
+trained = all(os.path.exists(os.path.join(results_dir or work_dir, f"{name}.npz"))
+              for name in ("baseline", "branchynet"))
+step = None if trained or train_device.xp is not np else (
+    lambda: training_step(BranchyNet(spec.build()), *first_batch))
+blas = training_threads("auto", step, "the weights are trained already" if trained
+                        else "training on a GPU")
 np.random.seed(seed)  # Chainer's initialisers draw from NumPy's global generator
 baseline = BranchyNet(spec.build(), main_only=True)
 branchy = BranchyNet(spec.build())

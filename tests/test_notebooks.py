@@ -120,6 +120,9 @@ def test_resnet_notebook(tmp_path, data_dir):
     # The folder's exit outputs are read, not recomputed: their key names these weights and
     # these 2,000 test samples, and they give the folder's own accuracies.
     folder = os.path.join(ROOT, "results", "cpu-resnet110_cifar10")
+    # Nothing trains, so no training step is timed to choose BLAS threads.
+    assert "auto: the weights are trained already" in printed(notebook)
+    assert "timing a training step" not in printed(notebook)
     for cache in ("exit_outputs.npz", "exit_outputs_baseline.npz"):
         assert f"test samples read from results/cpu-resnet110_cifar10/{cache}" in printed(notebook)
     with open(os.path.join(folder, "summary.json")) as f:
