@@ -18,6 +18,16 @@ hits them alike); figures are medians over rounds, with every value kept. Two se
 ``no MPI`` is the same loop with plain Adam in this process, without any communicator.
 The time inside the gradient all-reduce is recorded separately. On a machine with fewer
 free cores than processes, R processes share the cores and little or no gain is possible.
+
+--stage baseline times the baseline (main branch only) instead of joint training.
+--compare-previous replaces ``no MPI`` by four in-process settings, interleaved with the
+rest: the current ``cpu_kernels`` and the previous default (the ``conv`` group alone), each
+at 1 BLAS thread and at every core (``experiments.run --blas-threads auto`` trains in one
+process at the faster of these two), and reports each R's speed-up over the faster
+previous one: what training with R processes gains over the runner's previous default.
+
+    python -m benchmarks.distributed_throughput --network resnet110_cifar10 --stage joint \
+        --batch-size 128 --ranks 2 --compare-previous
 """
 import json
 import os
@@ -35,9 +45,10 @@ import numpy as np  # noqa: E402
 from chainer import optimizers  # noqa: E402
 
 from benchmarks import _common as C  # noqa: E402
-from branchynet import distributed  # noqa: E402
+from branchynet import cpu_kernels, distributed  # noqa: E402
 from branchynet.datasets import load_dataset  # noqa: E402
 from branchynet.net import BranchyNet, JointLoss  # noqa: E402
+from branchynet.threads import blas_threads, cores  # noqa: E402
 from branchynet.timing import synchronize  # noqa: E402
 from networks import get_network  # noqa: E402
 
@@ -59,6 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, help="timed steps")
     # --warmup (untimed steps first) comes from the common parser.
     p.add_argument("--samples", type=int, help="training images (rank 0 scatters them)")
+    p.add_argument("--stage", choices=("joint", "baseline"), default="joint",
+                   help="joint B-net training or the baseline (main branch only) "
+                   "(default: %(default)s)")
+    p.add_argument("--compare-previous", action="store_true",
+                   help="in-process settings with the current and the previous cpu_kernels "
+                   "default at 1 BLAS thread and at every core, instead of 'no MPI'")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved rounds; figures are medians (default: %(default)s)")
     p.add_argument("--dataset", help="dataset (default: the network's quick one, e.g. mnist-5k)")
@@ -95,7 +112,7 @@ def steps_per_second(args, batch, comm=None):
     if comm is not None:
         dataset = distributed.scatter(dataset, comm, args.seed)
     np.random.seed(args.seed)
-    net = BranchyNet(get_network(args.network).build())
+    net = BranchyNet(get_network(args.network).build(), main_only=args.stage == "baseline")
     net.predict_all_exits(dataset[0][0][None])
     model = JointLoss(net)
     model.to_device(device)
@@ -157,7 +174,7 @@ def launch(args, ranks, per_rank_batch):
         command = [_mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(__file__),
                    "--worker", out, "--per-rank-batch", str(per_rank_batch)]
         for key in ("network", "communicator", "iterations", "warmup", "samples", "seed",
-                    "dataset", "data_dir"):
+                    "dataset", "data_dir", "stage"):
             value = getattr(args, key)
             if value is not None:
                 command += [f"--{key.replace('_', '-')}", str(value)]
@@ -167,6 +184,24 @@ def launch(args, ranks, per_rank_batch):
             raise SystemExit(f"error: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
         with open(out) as f:
             return json.load(f)
+
+
+# --compare-previous: name -> (cpu_kernels groups, None: as the ranks run (the environment's);
+# BLAS threads, 0: every core)
+IN_PROCESS = {
+    "previous_1thread": ({"conv": True, "fused": False}, 1),
+    "previous_all_cores": ({"conv": True, "fused": False}, 0),
+    "current_1thread": (None, 1),
+    "current_all_cores": (None, 0),
+}
+
+
+def in_process(args, batch, key):
+    """``steps_per_second`` in this process with the kernels and threads ``key`` names."""
+    groups, threads = IN_PROCESS[key]
+    current = {group: group in cpu_kernels.enabled_groups() for group in cpu_kernels.GROUPS}
+    with cpu_kernels.enabled(groups or current), blas_threads(threads or cores()):
+        return steps_per_second(args, batch)
 
 
 def _figure(args, ranks, per_rank, results):
@@ -198,7 +233,8 @@ def main(argv=None):
                           "batch fixed, weak = per-process batch fixed. With R processes on "
                           "a machine with fewer than R idle cores no gain is possible.")
     tag = f"[distributed_throughput] {args.network} {report.doc['device']}"
-    settings = [("no_mpi", None, args.batch_size)]
+    in_process_keys = list(IN_PROCESS) if args.compare_previous else ["no_mpi"]
+    settings = [(key, None, args.batch_size) for key in in_process_keys]
     for mode in ("strong", "weak"):
         for ranks in args.ranks:
             if mode == "strong" and args.batch_size % ranks:
@@ -213,7 +249,8 @@ def main(argv=None):
         for key, ranks, per_rank in settings:
             loads.append(C.loadavg())
             if ranks is None:
-                seconds, _ = steps_per_second(args, per_rank)
+                seconds, _ = (in_process(args, per_rank, key) if key in IN_PROCESS
+                              else steps_per_second(args, per_rank))
                 results[key].append({"seconds": seconds, "allreduce_seconds_per_rank": [0.0]})
             else:
                 results[key].append(launch(args, ranks, per_rank))
@@ -223,7 +260,9 @@ def main(argv=None):
             fig.update(_figure(args, ranks or 1, per_rank, results[key]))
         if ranks is None:
             fig["allreduce_fraction"] = None
-            C.log(f"{tag}: no MPI, batch {per_rank}: {fig['images_per_s']:.1f} images/s")
+            C.log(f"{tag}: {key.replace('_', ' ')}, batch {per_rank}: "
+                  f"{fig['images_per_s']:.1f} images/s (rounds "
+                  f"{', '.join(f'{v:.1f}' for v in fig['images_per_s_rounds'])})")
         else:
             C.log(f"{tag}: {key.split('_')[0]}, {ranks} rank(s) x batch {per_rank} = "
                   f"{fig['global_batch']}: {fig['images_per_s']:.1f} images/s (rounds "
@@ -241,7 +280,27 @@ def main(argv=None):
     C.log(f"{tag}: speed-up over {args.ranks[0]} rank(s): "
           + "; ".join(f"{mode} " + ", ".join(f"{r}: {s:.2f}x" for r, s in v.items())
                       for mode, v in report.doc["speedup"].items()))
+    if args.compare_previous:
+        report.doc["speedup_over_previous_default"] = over_previous(figures)
+        for key, v in report.doc["speedup_over_previous_default"].items():
+            C.log(f"{tag}: {key.replace('_', ' ')} over the faster previous default "
+                  f"({v['previous']}): {v['median']:.2f}x, per round {v['min']:.2f}-{v['max']:.2f}x")
     return report.write()
+
+
+def over_previous(figures):
+    """Each setting's images/s over the faster of the two previous-default settings (the
+    runner's 'auto' threads pick the faster), as the median and range of per-round ratios."""
+    previous = max(("previous_1thread", "previous_all_cores"),
+                   key=lambda k: figures[k]["images_per_s"])
+    base = figures[previous]["images_per_s_rounds"]
+    out = {}
+    for key, fig in figures.items():
+        if key != previous:
+            ratios = [a / b for a, b in zip(fig["images_per_s_rounds"], base)]
+            out[key] = {"previous": previous, "median": float(np.median(ratios)),
+                        "min": min(ratios), "max": max(ratios), "rounds": ratios}
+    return out
 
 
 if __name__ == "__main__":

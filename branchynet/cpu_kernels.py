@@ -16,10 +16,13 @@ in a few passes over memory, per-channel sums accumulated in float64 from float3
 sums of at most 256 values; the per-channel sum of a convolution's bias gradient, as
 those; and stride-1 convolutions of at most 3x3 with 8-32 channels in and out by filter
 taps: on the zero-padded NHWC grid flattened to (N*hp*wp, C) rows, every tap is a row
-offset, so the output, the weight gradient and the input gradient are one GEMM per tap
-on slices of the activations, with no patch matrix (outputs at the padding positions are
-computed and dropped). The taps accumulate in place through the CBLAS of NumPy's own
-OpenBLAS where NumPy ships one, else through ``numpy.matmul`` and an add.
+offset, so the output and the input gradient are one GEMM per tap on slices of the
+activations, with no patch matrix (outputs at the padding positions are computed and
+dropped). The taps accumulate in place through the CBLAS of NumPy's own OpenBLAS where
+NumPy ships one, else through ``numpy.matmul`` and an add. The weight gradient stays the
+one patch-matrix GEMM of ``"conv"``: by taps it is nine GEMMs with 16-32 rows and columns
+over a long inner dimension, which measured slower inside a ResNet-110 step
+(docs/benchmarks.md).
 
 ``install()`` (run by ``import branchynet``) replaces only the *CPU forward* of Chainer's
 FunctionNodes: ``Convolution2DFunction`` (y), ``Convolution2DGradW`` (gW),
@@ -66,10 +69,10 @@ def _groups_from_environment():
 _enabled = _groups_from_environment()
 _originals = {}
 calls = {"conv": 0, "conv_grad_w": 0, "deconv": 0, "max_pool": 0, "max_pool_grad": 0,
-         "conv_taps": 0, "conv_grad_w_taps": 0, "deconv_taps": 0, "batch_norm": 0,
+         "conv_taps": 0, "deconv_taps": 0, "batch_norm": 0,
          "batch_norm_grad": 0, "fixed_batch_norm": 0, "channel_sum": 0}
 """How often each fast kernel ran (tests and benchmarks read it); the ``_taps`` entries
-count the convolutions of ``conv``, ``conv_grad_w`` and ``deconv`` that ran by taps."""
+count the convolutions of ``conv`` and ``deconv`` that ran by taps."""
 
 
 def _check_group(group):
@@ -305,20 +308,6 @@ def conv2d_forward_taps(x, W, b, ph, pw, cover_all=False):
     else:
         numpy.add(y_grid, b, out=y)
     return y.transpose(0, 3, 1, 2)
-
-
-def conv2d_grad_w_taps(x, gy, kh, kw, ph, pw):
-    """``conv2d_grad_w`` at stride 1 by taps: gW_tap = gy_rows.T @ x_rows[offset:]."""
-    n, c, h, w = x.shape
-    out_c, oh, ow = gy.shape[1:]
-    hp, wp = _padded_size(h, kh, 1, ph, oh), _padded_size(w, kw, 1, pw, ow)
-    rows = _grid_rows(x, ph, pw, hp, wp)
-    span = rows.shape[0] - (kh - 1) * wp - (kw - 1)
-    g = _grid_rows(gy, 0, 0, hp, wp)[:span].T
-    gW = numpy.empty((out_c, kh, kw, c), dtype=x.dtype)
-    for ky, kx, offset in _tap_offsets(kh, kw, wp):
-        numpy.matmul(g, rows[offset:offset + span], out=gW[:, ky, kx])
-    return numpy.ascontiguousarray(gW.transpose(0, 3, 1, 2))
 
 
 def deconv2d_forward_taps(x, W, b, ph, pw, out_h, out_w):
@@ -626,16 +615,10 @@ def _conv_grad_w_forward_cpu(self, inputs):
     if (self.groups != 1 or self.dy != 1 or self.dx != 1 or self._use_ideep
             or self.w_layout is not None or x.dtype != self.W_dtype):
         return _originals["conv_grad_w"](self, inputs)
-    w_shape = (gy.shape[1], x.shape[1], self.kh, self.kw)
-    taps = (_conv_taps(x.shape, w_shape, self.sy, self.sx, self.ph, self.pw, self.cover_all)
-            and _usable(inputs, group="fused"))
-    if not (taps or _usable(inputs)):
+    if not _usable(inputs):
         return _originals["conv_grad_w"](self, inputs)
     self.retain_inputs((0, 1))
     calls["conv_grad_w"] += 1
-    if taps:
-        calls["conv_grad_w_taps"] += 1
-        return conv2d_grad_w_taps(x, gy, self.kh, self.kw, self.ph, self.pw),
     return conv2d_grad_w(x, gy, self.kh, self.kw, self.sy, self.sx, self.ph, self.pw),
 
 

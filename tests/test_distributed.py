@@ -247,6 +247,28 @@ def test_throughput_benchmark(mpiexec, tmp_path):
     assert json.load(open(tmp_path / "b.json"))["speedup"]["strong"]["1"] == 1.0
 
 
+def test_throughput_benchmark_against_the_previous_default(mpiexec, tmp_path):
+    from benchmarks import distributed_throughput
+    doc = distributed_throughput.main([
+        "--ranks", "2", "--batch-size", "32", "--iterations", "2", "--warmup", "1",
+        "--samples", "256", "--repeats", "2", "--stage", "baseline", "--compare-previous",
+        "--out", str(tmp_path / "b.json")])
+    figures = doc["figures"]
+    assert sorted(figures) == ["current_1thread", "current_all_cores", "previous_1thread",
+                               "previous_all_cores", "strong_2", "weak_2"]
+    assert doc["settings"]["stage"] == "baseline"
+    over = doc["speedup_over_previous_default"]
+    previous = over["strong_2"]["previous"]
+    assert previous in ("previous_1thread", "previous_all_cores") and previous not in over
+    base = figures[previous]["images_per_s_rounds"]
+    for key, v in over.items():
+        expected = [a / b for a, b in zip(figures[key]["images_per_s_rounds"], base)]
+        assert v["rounds"] == pytest.approx(expected) and len(expected) == 2
+        assert v["min"] <= v["median"] <= v["max"]
+    other = ({"previous_1thread", "previous_all_cores"} - {previous}).pop()
+    assert figures[other]["images_per_s"] <= figures[previous]["images_per_s"]
+
+
 def test_communicator_without_mpi4py_is_refused(tmp_path):
     code = ("import sys; sys.modules['mpi4py'] = None\n"
             "from experiments.run import main\n"
