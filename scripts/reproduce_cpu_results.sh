@@ -4,19 +4,34 @@
 # BLAS thread, timing in 5 interleaved rounds (the runner's default). Resumable: run it
 # again after an interruption; add --remeasure (REMEASURE=1) to time again with the same
 # weights. Usage:
-#   scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper|lenet-seeds|alexnet-converged]...
+#   scripts/reproduce_cpu_results.sh [lenet|alexnet|resnet|alexnet-val|lenet-paper|lenet-seeds|alexnet-converged|resnet-converged]...
 #   BRANCHYNET_DATA=../shared/data scripts/reproduce_cpu_results.sh
-# The long ones (lenet-paper, alexnet-converged) take hours: TIME_BUDGET=MINUTES stops
-# training cleanly with a snapshot after that long (exit status 3; learning_curve.png is
-# drawn) and the same command continues exactly. RANKS=2 trains alexnet-converged on 2
-# MPI processes (ChainerMN, --communicator naive, batch 64 per rank = the same global batch
-# 128); the folder is keyed to its rank count, so choose it before the first epoch.
+# The long ones (lenet-paper, alexnet-converged, resnet-converged) take hours:
+# TIME_BUDGET=MINUTES stops training cleanly with a snapshot after that long (exit status 3;
+# learning_curve.png is drawn) and the same command continues exactly. RANKS=N trains
+# alexnet-converged or resnet-converged on N MPI processes (ChainerMN, --communicator naive,
+# the global batch 128 split over them); the folder is keyed to its rank count, so choose it
+# before the first epoch.
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 # --blas-threads 1: training with one thread, as the committed weights were (timing always is).
 run() { ./dev.sh run --no-progress --blas-threads 1 ${REMEASURE:+--remeasure} "$@"; }
 budget() { echo ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"}; }
+# converged DEFAULT_RANKS GLOBAL_BATCH FLAGS...: one process, or RANKS MPI processes
+# (ChainerMN, --communicator naive) with GLOBAL_BATCH / RANKS images each.
+converged() {
+    ranks=${RANKS:-$1} global=$2
+    shift 2
+    if [ "$ranks" -gt 1 ]; then
+        [ $((global % ranks)) = 0 ] || { echo "RANKS=$ranks does not divide the batch $global" >&2; exit 2; }
+        ./dev.sh setup
+        .venv/bin/mpiexec -n "$ranks" .venv/bin/python -m experiments.run --no-progress \
+            ${REMEASURE:+--remeasure} "$@" --communicator naive --batch-size $((global / ranks))
+    else
+        run "$@" --batch-size "$global"
+    fi
+}
 for network in ${*:-lenet alexnet resnet}; do
     case $network in
         # Full MNIST: 10 baseline + 3 joint epochs of batch 32 (the paper: 50 + 100 of 512).
@@ -53,19 +68,20 @@ for network in ${*:-lenet alexnet resnet}; do
         # on the first 5,000 test images (all 10,000 would add 11-14% to every epoch:
         # benchmarks/curve_cost.py).
         alexnet-converged)
-            flags="--network alexnet_cifar10 --recipe fast --timing-samples 500 --eval-limit 5000 $(budget)
-                   --out results/cpu-alexnet_cifar10-converged"
-            if [ "${RANKS:-1}" -gt 1 ]; then
-                [ $((128 % RANKS)) = 0 ] || { echo "RANKS=$RANKS does not divide the batch 128" >&2; exit 2; }
-                ./dev.sh setup
-                # shellcheck disable=SC2086
-                .venv/bin/mpiexec -n "$RANKS" .venv/bin/python -m experiments.run --no-progress \
-                    ${REMEASURE:+--remeasure} $flags --communicator naive \
-                    --batch-size $((128 / RANKS))
-            else
-                # shellcheck disable=SC2086
-                run $flags
-            fi ;;
-        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val, lenet-paper, lenet-seeds or alexnet-converged)" >&2; exit 2 ;;
+            converged 1 128 --network alexnet_cifar10 --recipe fast --timing-samples 500 \
+                --eval-limit 5000 $(budget) --out results/cpu-alexnet_cifar10-converged ;;
+        # B-ResNet-110 converged on the CPU: the fast recipe (SGD with momentum 0.9, weight
+        # decay 5e-4, crop + flip, one warm-up epoch then cosine decay) at the CPU settings the
+        # pilot chose (scripts/recipe_pilot.py on held-out training images, docs/replication.md):
+        # global batch 128, peak rate 0.05, 12 + 2 epochs, all of
+        # CIFAR-10, sized to about 10 hours of 2 cores; 2 processes by default (RANKS=1: one),
+        # measured at 1.85x (baseline) and 1.74x (joint) the images/s of one process on the
+        # 2-core machine (docs/benchmarks.md).
+        # Timing on the first 500 test images, the curve on the first 5,000.
+        resnet-converged)
+            converged 2 128 --network resnet110_cifar10 --recipe fast --lr 0.05 \
+                --baseline-epochs 12 --branchy-epochs 2 --timing-samples 500 \
+                --eval-limit 5000 $(budget) --out results/cpu-resnet110_cifar10-converged ;;
+        *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val, lenet-paper, lenet-seeds, alexnet-converged or resnet-converged)" >&2; exit 2 ;;
     esac
 done
