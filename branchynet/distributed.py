@@ -149,13 +149,13 @@ def check_resume(out, comm):
     would silently train another schedule.
     """
     ranks = 1 if comm is None else comm.size
-    snapshots = _snapshots(out)
+    found = snapshots(out)
     path = os.path.join(out, RECORD)
     written = 1
     if os.path.exists(path):
         from branchynet.io import read_json
         written = read_json(path)["ranks"]
-    if snapshots and written != ranks:
+    if found and written != ranks:
         raise DistributedError(
             f"{out} holds snapshots of a training with {written} process(es); this run has "
             f"{ranks}. Resume with mpiexec -n {written}"
@@ -170,7 +170,7 @@ def write_record(out, comm, batch_size):
         write_json(os.path.join(out, RECORD), record(comm, batch_size))
 
 
-def _snapshots(out):
+def snapshots(out):
     """The snapshots in ``out``, oldest first: ``snapshot_epoch_E`` (the end of epoch E)
     before ``snapshot_epoch_E_iter_I`` (a time-budget stop during epoch E + 1)."""
     if not os.path.isdir(out):
@@ -189,9 +189,9 @@ def load_latest_snapshot(trainer, out, comm):
     from chainer import serializers
     blob = name = None
     if comm.rank == 0:
-        snapshots = _snapshots(out)
-        if snapshots:
-            name = snapshots[-1]
+        found = snapshots(out)
+        if found:
+            name = found[-1]
             with open(os.path.join(out, name), "rb") as f:
                 blob = f.read()
     name, blob = _bcast(comm, (name, blob))

@@ -135,6 +135,16 @@ class ExitOutputs:
             logits = _legacy_logits(path, key)
         return outputs if logits is None else outputs.with_logits(logits)
 
+    @classmethod
+    def cached(cls, path, key):
+        """The outputs saved at ``path`` when that file exists and its key is ``key``
+        (``branchynet.provenance.exit_outputs_key``: these weights on these samples),
+        else None."""
+        if not os.path.exists(path):
+            return None
+        outputs = cls.load(path)
+        return outputs if outputs.key == key else None
+
 
 def _legacy_logits(path, key):
     """The logits that folders written before December 2026 kept apart, in

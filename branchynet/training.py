@@ -468,9 +468,12 @@ def train_or_load(net, path, x, y, epochs, batch_size, device, log=print, comm=N
                                      f"{batch_size * comm.size}")
     log(f"[{_stem(path)}] training {epochs} epoch(s), batch {batch_size}{ranks}, on "
         f"{device}{described}")
+    folder = os.path.splitext(path)[0]
+    latest = distributed.snapshots(folder)[-1:] if distributed.is_root(comm) else []
+    if latest:
+        log(f"[{_stem(path)}] continuing from {os.path.join(folder, latest[0])}")
     start = time.perf_counter()
-    train(net, x, y, epochs, batch_size, os.path.splitext(path)[0], device, comm=comm,
-          **train_options)
+    train(net, x, y, epochs, batch_size, folder, device, comm=comm, **train_options)
     net.to_device("@numpy")
     if distributed.is_root(comm):
         save_weights(path, net)

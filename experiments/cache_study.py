@@ -1033,6 +1033,7 @@ def write_outputs(doc, out, log=print):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        from branchynet.io import write_json
         if args.from_results:
             path = os.path.join(args.from_results, "cache_study.json")
             if not os.path.isfile(path):
@@ -1044,10 +1045,8 @@ def main(argv=None):
             out = args.out or args.from_results
             write_outputs(doc, out)
             if args.deploy_results:
-                from branchynet.io import write_json
                 write_json(os.path.join(out, "cache_study.json"), doc)
             return 0
-        from branchynet.io import write_json
 
         def save(doc):
             out = args.out or os.path.join("results", f"fig6-{doc['network']}")

@@ -337,13 +337,13 @@ class Experiment:
             "_baseline" if weights == "baseline" else self.suffix) + ".npz"
         key = exit_outputs_key(self.path(f"{weights}.npz"), x, y, criterion)
         path = self.path(name)
+        cached = ExitOutputs.cached(path, key)
+        if cached is not None:
+            if cached.logits is None and weights == "branchynet" and getattr(
+                    self.s, "calibrate", False):
+                return self._add_logits(cached, path, x, device)
+            return cached
         if os.path.exists(path):
-            cached = ExitOutputs.load(path)
-            if cached.key == key:
-                if cached.logits is None and weights == "branchynet" and getattr(
-                        self.s, "calibrate", False):
-                    return self._add_logits(cached, path, x, device)
-                return cached
             self.log(f"[{name}] made with other weights or inputs: computing it again")
         self.log(f"[{name}] running {len(y)} samples through every exit")
         net.to_device(device)

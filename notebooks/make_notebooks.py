@@ -221,8 +221,8 @@ when their key names these weights and test samples."""),
     it holds these weights on these samples, else every exit run once.\"\"\"
     key = exit_outputs_key(paths[weights], data.test_x, data.test_y, "entropy")
     cache = os.path.join(results_dir, cache_name) if results_dir else None
-    cached = ExitOutputs.load(cache) if cache and os.path.exists(cache) else None
-    if cached is not None and cached.key == key:
+    cached = ExitOutputs.cached(cache, key) if cache else None
+    if cached is not None:
         print(f"{weights}: exit outputs on these {len(data.test_y)} test samples read from "
               f"{os.path.relpath(cache, root)} (the runner's, for these weights)")
         return cached

@@ -284,11 +284,11 @@ def test_communicator_without_mpi4py_is_refused(tmp_path):
 def test_latest_snapshot_is_ordered_by_epoch_then_budget_stop(tmp_path):
     """The end of epoch E comes before a budget stop during epoch E + 1 (named
     snapshot_epoch_E_iter_I), which comes before the end of epoch E + 1."""
-    from branchynet.distributed import _snapshots
+    from branchynet.distributed import snapshots
     names = ["snapshot_epoch_2", "snapshot_epoch_1_iter_12", "snapshot_epoch_10",
              "snapshot_epoch_9_iter_100", "snapshot_epoch_1", "log"]
     for name in names:
         (tmp_path / name).write_text("")
-    assert _snapshots(str(tmp_path)) == ["snapshot_epoch_1", "snapshot_epoch_1_iter_12",
+    assert snapshots(str(tmp_path)) == ["snapshot_epoch_1", "snapshot_epoch_1_iter_12",
                                          "snapshot_epoch_2", "snapshot_epoch_9_iter_100",
                                          "snapshot_epoch_10"]

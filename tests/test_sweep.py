@@ -99,6 +99,19 @@ def test_one_file_keeps_the_logits_and_the_scores_derive_from_them(lenet_pair, m
                                       np.stack([z.argmax(axis=1) for z in logits], 1))
 
 
+def test_cached_outputs_are_read_only_for_their_key(lenet_pair, mnist, tmp_path):
+    """What the runner and the notebooks reuse: a file whose key names these weights on
+    these samples; another key, or no file, gives None (compute them again)."""
+    _, branchy = lenet_pair
+    outputs = collect_exit_outputs(branchy, mnist.test_x[:50], mnist.test_y[:50])
+    outputs.key = "weights A on samples B"
+    path = str(tmp_path / "exit_outputs.npz")
+    assert ExitOutputs.cached(path, outputs.key) is None
+    outputs.save(path)
+    np.testing.assert_array_equal(ExitOutputs.cached(path, outputs.key).logits, outputs.logits)
+    assert ExitOutputs.cached(path, "weights A on samples C") is None
+
+
 @pytest.mark.parametrize("folder, name", [("cpu-lenet_mnist", "exit_outputs.npz"),
                                           ("cpu-alexnet_cifar10-val", "exit_outputs.npz"),
                                           ("cpu-alexnet_cifar10-val", "exit_outputs_val.npz")])

@@ -173,8 +173,11 @@ def test_train_or_load_saves_nothing_when_the_budget_stops_it(tmp_path):
                       time_budget_s=0, progress=False)
     assert stopped.value.snapshot is None and stopped.value.epoch_detail == pytest.approx(32 / 96)
     assert os.listdir(tmp_path / "baseline") == ["snapshot_epoch_0_iter_1"]
-    train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=lambda m: None, progress=False)
+    said = []
+    train_or_load(_tiny_net(), path, x, y, 2, 32, CPU, log=said.append, progress=False)
     assert os.path.exists(path)
+    snapshot = os.path.join(str(tmp_path), "baseline", "snapshot_epoch_0_iter_1")
+    assert said[1] == f"[baseline] continuing from {snapshot}"
 
 
 # The runner: recipe flags, config, time budget.
