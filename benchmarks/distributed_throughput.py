@@ -228,7 +228,9 @@ def main(argv=None):
     report.doc["timing_method"] = (f"per setting the median over {args.repeats} "
                                    "interleaved rounds of (global batch x steps) / wall "
                                    "seconds between two barriers; every round's value kept")
-    report.doc["note"] = ("images/s of joint B-net training steps (forward, backward, "
+    steps = ("baseline training steps (main branch only" if args.stage == "baseline"
+             else "joint B-net training steps (every exit")
+    report.doc["note"] = (f"images/s of {steps}: forward, backward, "
                           "gradient all-reduce, Adam) between barriers; strong = global "
                           "batch fixed, weak = per-process batch fixed. With R processes on "
                           "a machine with fewer than R idle cores no gain is possible.")
@@ -256,8 +258,8 @@ def main(argv=None):
                 results[key].append(launch(args, ranks, per_rank))
     report.doc["load_during"] = loads
     for key, ranks, per_rank in settings:
-        with report.figure(key) as fig:
-            fig.update(_figure(args, ranks or 1, per_rank, results[key]))
+        # Rounds interleave the settings: the load of each is in load_during, not per figure.
+        fig = report.doc["figures"][key] = _figure(args, ranks or 1, per_rank, results[key])
         if ranks is None:
             fig["allreduce_fraction"] = None
             C.log(f"{tag}: {key.replace('_', ' ')}, batch {per_rank}: "
@@ -272,20 +274,25 @@ def main(argv=None):
           f"{min(l[0] for l in loads if l):.2f}-{max(l[0] for l in loads if l):.2f} on "
           f"{os.cpu_count()} cores")
     figures = report.doc["figures"]
-    report.doc["speedup"] = {
-        mode: {str(r): figures[f"{mode}_{r}"]["images_per_s"]
-               / figures[f"{mode}_{args.ranks[0]}"]["images_per_s"]
-               for r in args.ranks if f"{mode}_{r}" in figures and f"{mode}_{args.ranks[0]}" in figures}
-        for mode in ("strong", "weak")}
-    C.log(f"{tag}: speed-up over {args.ranks[0]} rank(s): "
-          + "; ".join(f"{mode} " + ", ".join(f"{r}: {s:.2f}x" for r, s in v.items())
-                      for mode, v in report.doc["speedup"].items()))
+    if len(args.ranks) > 1:
+        report.doc["speedup"] = scaling(figures, args.ranks)
+        C.log(f"{tag}: speed-up over {args.ranks[0]} rank(s): "
+              + "; ".join(f"{mode} " + ", ".join(f"{r}: {s:.2f}x" for r, s in v.items())
+                          for mode, v in report.doc["speedup"].items()))
     if args.compare_previous:
         report.doc["speedup_over_previous_default"] = over_previous(figures)
         for key, v in report.doc["speedup_over_previous_default"].items():
             C.log(f"{tag}: {key.replace('_', ' ')} over the faster previous default "
                   f"({v['previous']}): {v['median']:.2f}x, per round {v['min']:.2f}-{v['max']:.2f}x")
     return report.write()
+
+
+def scaling(figures, ranks):
+    """Strong and weak scaling: each rank count's images/s over the first one's."""
+    return {mode: {str(r): figures[f"{mode}_{r}"]["images_per_s"]
+                   / figures[f"{mode}_{ranks[0]}"]["images_per_s"]
+                   for r in ranks if f"{mode}_{r}" in figures and f"{mode}_{ranks[0]}" in figures}
+            for mode in ("strong", "weak")}
 
 
 def over_previous(figures):

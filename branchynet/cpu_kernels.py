@@ -580,7 +580,9 @@ def _fixed_bn_forward(self, inputs):
 
 
 def _conv_taps(x_shape, W_shape, sy, sx, ph, pw, cover_all):
-    """Whether a convolution of ``x_shape`` by ``W_shape`` (and its gradients) runs by taps."""
+    """Whether the forward of a convolution of ``x_shape`` by ``W_shape`` runs by taps (its
+    input gradient, a deconvolution, decides by its own shapes; its weight gradient is
+    always the patch-matrix GEMM)."""
     _, c, h, w = x_shape
     kh, kw = W_shape[2:]
     if not (_enabled["fused"] and sy == sx == 1):

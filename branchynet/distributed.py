@@ -183,18 +183,21 @@ def snapshots(out):
     return sorted(names, key=order)
 
 
-def load_latest_snapshot(trainer, out, comm):
-    """Rank 0 reads the latest snapshot in ``out`` and sends it to every rank, which loads
-    it into ``trainer`` (other machines need no copy of the folder). Returns its name."""
+def load_latest_snapshot(trainer, out, comm=None):
+    """Load the latest snapshot in ``out`` (by ``snapshots``' order, not by file times,
+    which a copy or checkout reorders) into ``trainer``; with ``comm``, rank 0 reads it and
+    sends it to every rank (other machines need no copy of the folder). Returns its name,
+    or None when ``out`` holds none."""
     from chainer import serializers
     blob = name = None
-    if comm.rank == 0:
+    if comm is None or comm.rank == 0:
         found = snapshots(out)
         if found:
             name = found[-1]
             with open(os.path.join(out, name), "rb") as f:
                 blob = f.read()
-    name, blob = _bcast(comm, (name, blob))
+    if comm is not None:
+        name, blob = _bcast(comm, (name, blob))
     if blob is not None:
         serializers.load_npz(io.BytesIO(blob), trainer)
     return name

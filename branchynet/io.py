@@ -1,8 +1,42 @@
-"""Atomic file writes: a result or checkpoint is either the old file or the new one."""
+"""Atomic file writes (a result or checkpoint is either the old file or the new one) and
+one writer per results folder."""
 import json
 import os
 import tempfile
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: folders are not locked
+    fcntl = None
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the folder (``folder_lock``)."""
+
+
+@contextmanager
+def folder_lock(folder):
+    """Hold ``folder`` (made if missing) for one process during the block, so that two
+    runs never write into one folder: a second process asking meanwhile gets
+    ``FolderInUse`` at once. The lock is the operating system's advisory lock on the
+    folder itself (no lock file), released however the process ends. A folder the block
+    made and left empty is removed."""
+    made = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FolderInUse(f"{folder} is in use by another run: wait for it to end, "
+                                  "or give another folder") from None
+        yield
+    finally:
+        os.close(fd)
+        if made and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 @contextmanager

@@ -417,8 +417,8 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
                 f"main/loss/{name}" for name in net._exit_names]):
             trainer.extend(extension)
     if root:
-        trainer.extend(extensions.snapshot(filename=SNAPSHOT, n_retains=1,
-                                           autoload=comm is None), trigger=(1, "epoch"))
+        trainer.extend(extensions.snapshot(filename=SNAPSHOT, n_retains=1),
+                       trigger=(1, "epoch"))
         trainer.extend(extensions.LogReport(log_name=log_name))
         if recipe != PAPER_RECIPE:
             trainer.extend(extensions.observe_value(
@@ -429,8 +429,8 @@ def train(net, x, y, epochs, batch_size, out, device, seed=0, weights=None, lr=N
         if progress:
             steps = len(dataset) // batch_size
             trainer.extend(extensions.ProgressBar(update_interval=max(1, steps // 20)))
+    distributed.load_latest_snapshot(trainer, out, comm)
     if comm is not None:
-        distributed.load_latest_snapshot(trainer, out, comm)
         if root:
             distributed.write_record(out, comm, batch_size)
         optimizer.update()  # no step: broadcasts rank 0's parameters to every rank

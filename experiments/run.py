@@ -74,6 +74,7 @@ branchynet.sweep.CRITERION_GRIDS; their outputs and per-device files carry a
 -<criterion> suffix, so the three can share one results folder.
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import os
@@ -87,6 +88,7 @@ import numpy as np
 from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
+from branchynet.io import FolderInUse, folder_lock
 from branchynet.datasets import DatasetError
 from experiments import seeds
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
@@ -622,15 +624,19 @@ def main(argv=None):
     args = parse_args(argv)
     comm = getattr(args, "comm", None)
     several = comm is not None and comm.size > 1
+    # Rank 0 alone writes the folder, so it alone holds it.
+    folder = args.from_results or args.out
+    held = folder_lock(folder) if distributed.is_root(comm) else contextlib.nullcontext()
     try:
-        if args.from_results:
-            return recompute(args)
-        log = print if distributed.is_root(comm) else (lambda *_, **__: None)
-        if args.seeds:
-            summary, infeasible = seeds.run(args, log)
-        else:
-            summary, infeasible = Experiment(args, log).run(args.devices)
-    except (SettingsError, DatasetError, distributed.DistributedError) as err:
+        with held:
+            if args.from_results:
+                return recompute(args)
+            log = print if distributed.is_root(comm) else (lambda *_, **__: None)
+            if args.seeds:
+                summary, infeasible = seeds.run(args, log)
+            else:
+                summary, infeasible = Experiment(args, log).run(args.devices)
+    except (SettingsError, DatasetError, distributed.DistributedError, FolderInUse) as err:
         if several and not getattr(err, "on_every_rank", False):
             distributed.abort(comm, err, 2)  # the other ranks may wait for this one
         if distributed.is_root(comm):

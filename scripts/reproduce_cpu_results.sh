@@ -23,6 +23,9 @@ budget() { echo ${TIME_BUDGET:+--time-budget "$TIME_BUDGET"}; }
 converged() {
     ranks=${RANKS:-$1} global=$2
     shift 2
+    case $ranks in
+        ''|*[!0-9]*|0) echo "RANKS must be a positive whole number of processes, not '$ranks'" >&2; exit 2 ;;
+    esac
     if [ "$ranks" -gt 1 ]; then
         [ $((global % ranks)) = 0 ] || { echo "RANKS=$ranks does not divide the batch $global" >&2; exit 2; }
         ./dev.sh setup
@@ -75,8 +78,9 @@ for network in ${*:-lenet alexnet resnet}; do
         # pilot chose (scripts/recipe_pilot.py on held-out training images, docs/replication.md):
         # global batch 128, peak rate 0.05, 12 + 2 epochs, all of
         # CIFAR-10, sized to about 10 hours of 2 cores; 2 processes by default (RANKS=1: one),
-        # measured at 1.85x (baseline) and 1.74x (joint) the images/s of one process on the
-        # 2-core machine (docs/benchmarks.md).
+        # measured at 1.85x (baseline) and 1.74x (joint) the images/s of the previous default
+        # (one process) on the 2-core machine, 1.85-1.90x / 1.69-1.88x that of one process
+        # at one BLAS thread with the current kernels (docs/benchmarks.md).
         # Timing on the first 500 test images, the curve on the first 5,000.
         resnet-converged)
             converged 2 128 --network resnet110_cifar10 --recipe fast --lr 0.05 \

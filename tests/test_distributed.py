@@ -256,7 +256,9 @@ def test_throughput_benchmark_against_the_previous_default(mpiexec, tmp_path):
     figures = doc["figures"]
     assert sorted(figures) == ["current_1thread", "current_all_cores", "previous_1thread",
                                "previous_all_cores", "strong_2", "weak_2"]
-    assert doc["settings"]["stage"] == "baseline"
+    assert doc["settings"]["stage"] == "baseline" and "of baseline training steps" in doc["note"]
+    assert "speedup" not in doc  # one rank count: no scaling to report
+    assert not any("load_before" in f or "wall_s" in f for f in figures.values())
     over = doc["speedup_over_previous_default"]
     previous = over["strong_2"]["previous"]
     assert previous in ("previous_1thread", "previous_all_cores") and previous not in over
@@ -267,6 +269,27 @@ def test_throughput_benchmark_against_the_previous_default(mpiexec, tmp_path):
         assert v["min"] <= v["median"] <= v["max"]
     other = ({"previous_1thread", "previous_all_cores"} - {previous}).pop()
     assert figures[other]["images_per_s"] <= figures[previous]["images_per_s"]
+
+
+def test_the_previous_default_is_the_conv_group_alone_at_its_threads(monkeypatch):
+    """--compare-previous times each in-process setting with the kernels and BLAS threads
+    its name says, and leaves the process's own setting as it was."""
+    from benchmarks import distributed_throughput
+    from branchynet import cpu_kernels
+    from branchynet.threads import blas_info, cores
+    seen = {}
+
+    def record(args, batch, comm=None):
+        seen[len(seen)] = (cpu_kernels.enabled_groups(), {p["num_threads"] for p in blas_info()})
+        return 1.0, 0.0
+    monkeypatch.setattr(distributed_throughput, "steps_per_second", record)
+    before = (cpu_kernels.enabled_groups(), {p["num_threads"] for p in blas_info()})
+    for key in distributed_throughput.IN_PROCESS:
+        distributed_throughput.in_process(None, 32, key)
+    assert before[0] == ("conv", "fused")
+    assert list(seen.values()) == [(("conv",), {1}), (("conv",), {cores()}),
+                                   (("conv", "fused"), {1}), (("conv", "fused"), {cores()})]
+    assert (cpu_kernels.enabled_groups(), {p["num_threads"] for p in blas_info()}) == before
 
 
 def test_communicator_without_mpi4py_is_refused(tmp_path):

@@ -3,6 +3,7 @@ import itertools
 from dataclasses import replace
 import math
 import os
+import time
 
 import branchynet  # noqa: F401  (compatibility fixes before chainer)
 import chainer
@@ -106,6 +107,13 @@ def test_budget_stop_mid_epoch_then_resume_equals_uninterrupted(recipe, tmp_path
               clock=lambda: next(ticks), **options)
     assert 1 < stopped.value.epoch_detail < 2  # 96 / 20 = 4.8 iterations per epoch
     assert stopped.value.epochs == 3 and os.path.isfile(stopped.value.snapshot)
+    # A copy or checkout can make the end of epoch 1 look newer than the stop in epoch 2:
+    # the run continues from the stop (snapshots are ordered by name) and never reads it.
+    ended_epoch_1 = tmp_path / "cut" / "snapshot_epoch_1"
+    ended_epoch_1.write_bytes(b"not a snapshot")
+    now = time.time()
+    os.utime(stopped.value.snapshot, (now - 120, now - 120))
+    os.utime(ended_epoch_1, (now - 60, now - 60))
     # A new process: other weights and global random state until the snapshot is loaded.
     np.random.seed(99)
     resumed = _tiny_net()
