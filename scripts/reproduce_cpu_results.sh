@@ -11,7 +11,9 @@
 # learning_curve.png is drawn) and the same command continues exactly. RANKS=N trains
 # alexnet-converged or resnet-converged on N MPI processes (ChainerMN, --communicator naive,
 # the global batch 128 split over them); the folder is keyed to its rank count, so choose it
-# before the first epoch.
+# before the first epoch. TRAIN_ONLY=1 (lenet-seeds and the converged ones) stops once the
+# networks are trained, before the exit outputs, sweep and timing: run the same command
+# again without it when the machine is quiet, for the batch-size-1 timings.
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
@@ -72,7 +74,7 @@ for network in ${*:-lenet alexnet resnet}; do
         # benchmarks/curve_cost.py).
         alexnet-converged)
             converged 1 128 --network alexnet_cifar10 --recipe fast --timing-samples 500 \
-                --eval-limit 5000 $(budget) --out results/cpu-alexnet_cifar10-converged ;;
+                --eval-limit 5000 $(budget) ${TRAIN_ONLY:+--train-only} --out results/cpu-alexnet_cifar10-converged ;;
         # B-ResNet-110 converged on the CPU: the fast recipe (SGD with momentum 0.9, weight
         # decay 5e-4, crop + flip, one warm-up epoch then cosine decay) at the CPU settings the
         # pilot chose (scripts/recipe_pilot.py on held-out training images, docs/replication.md):
@@ -85,7 +87,7 @@ for network in ${*:-lenet alexnet resnet}; do
         resnet-converged)
             converged 2 128 --network resnet110_cifar10 --recipe fast --lr 0.05 \
                 --baseline-epochs 12 --branchy-epochs 2 --timing-samples 500 \
-                --eval-limit 5000 $(budget) --out results/cpu-resnet110_cifar10-converged ;;
+                --eval-limit 5000 $(budget) ${TRAIN_ONLY:+--train-only} --out results/cpu-resnet110_cifar10-converged ;;
         *) echo "unknown network $network (lenet, alexnet, resnet, alexnet-val, lenet-paper, lenet-seeds, alexnet-converged or resnet-converged)" >&2; exit 2 ;;
     esac
 done
