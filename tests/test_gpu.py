@@ -307,9 +307,15 @@ def test_synchronised_timing_on_the_gpu(lenet_pair, mnist, monkeypatch):
     same = exits == exit_indices(outputs, [[0.1]])[0]
     np.testing.assert_array_equal(labels[same], outputs.predictions[same, exits[same]])
     paths = exit_path_latency(net, x, device, warmup=3)
+    calls.clear()
     trunk = trunk_latency(net, x, device, warmup=3)
-    # Trunk only is part of end to end, and the deeper trunk contains the shallower one.
-    assert (trunk < paths).all() and trunk[1] > trunk[0]
+    for figures in (paths, trunk):
+        assert figures.shape == (net.n_exits,) and np.isfinite(figures).all()
+        assert (figures > 0).all()
+    # Each trunk segment is timed between two synchronisations of the GPU: 1 segment up
+    # to exit 1, 2 up to exit 2, warm-up included. (Which figure is larger is left to the
+    # benchmarks: beside other work on the GPU, one pass can put the trunk above the path.)
+    assert calls == [device] * 2 * (1 + 2) * (3 + len(x))
 
 
 # ---------------------------------------------------------------------- the runner
@@ -335,7 +341,8 @@ def test_runner_with_device_all_writes_cpu_and_gpu_results(tmp_path, capsys):
     with open(os.path.join(out, "timing_gpu0.json")) as f:
         timing = json.load(f)
     assert timing["measured_on"]["samples"] == 40 and timing["measurement"]["rounds"] == 5
-    base, knee = table["rows"]
+    base, knee, paper = table["rows"]
+    assert paper["selection"] == "paper's T (Table I)" and paper["thresholds"] == [0.025]
     assert base["time_ms"] == pytest.approx(np.median(timing["measurement"]["rounds_ms"]["baseline"]))
     assert knee["gain_low"] <= knee["gain"] <= knee["gain_high"]
     assert set(summary["devices"]) >= {"cpu", "gpu0"}

@@ -56,6 +56,12 @@ def samples_to_verify(folder):
     return "all" if n >= max(samples["test"], samples["val"]) else str(max(100, n))
 
 
+def device_tags(folder):
+    """The devices a runner folder was timed on: cpu, gpu0, ... (its timing_<tag>.json)."""
+    return sorted(os.path.basename(p)[len("timing_"):-len(".json")]
+                  for p in glob.glob(os.path.join(folder, "timing_*.json")))
+
+
 def test_there_are_committed_results():
     assert FOLDERS, "no results/*/timing_*.json committed"
 
@@ -65,7 +71,10 @@ def test_committed_folder_recomputes_identically(folder, data_dir, capsys):
     assert main(["--from-results", folder, "--verify-outputs", samples_to_verify(folder),
                  "--data-dir", str(data_dir)]) is True, capsys.readouterr().out
     printed = capsys.readouterr().out
-    for name in ("sweep_cpu.csv", "table_cpu.csv", "table_cpu.json", "summary.json"):
+    # Each device the folder was timed on (cpu, gpu0, ...) has its own derived files.
+    for name in ["summary.json"] + [f"{kind}_{tag}.{ext}" for tag in device_tags(folder)
+                                    for kind, ext in (("sweep", "csv"), ("table", "csv"),
+                                                      ("table", "json"))]:
         assert f"{name}: identical" in printed
     assert "B-net (test): the weights reproduce the committed exit outputs" in printed
     assert "baseline (test): the weights reproduce the committed exit outputs" in printed
@@ -252,18 +261,19 @@ def test_rows_show_the_exits_of_the_samples_their_time_was_measured_on(folder):
     """A B-net row's time is measured on the first --timing-samples test samples; their
     exits (the timing record's) stand beside it, the exits over the whole test set apart."""
     from branchynet.report import format_table
-    with open(os.path.join(folder, "timing_cpu.json"), encoding="utf-8") as f:
-        points = json.load(f)["points"]
-    with open(os.path.join(folder, "table_cpu.json"), encoding="utf-8") as f:
-        table = json.load(f)
-    timed = [row for row in table["rows"] if row["time_ms"] is not None and row["thresholds"]]
-    assert timed
-    for row in timed:
-        name = "T=" + ",".join(repr(float(t)) for t in row["thresholds"])
-        assert row["timed_exit_percent"] == [100 * f for f in points[name]["exit_fractions"]]
-    header = re.split(r"\s{2,}", format_table(table["rows"]).splitlines()[0])
-    assert header.index("Timed exits(%)") == header.index("IQR(ms)") + 1
-    assert "whose exits are the timed exits" in table["title"]
+    for tag in device_tags(folder):
+        with open(os.path.join(folder, f"timing_{tag}.json"), encoding="utf-8") as f:
+            points = json.load(f)["points"]
+        with open(os.path.join(folder, f"table_{tag}.json"), encoding="utf-8") as f:
+            table = json.load(f)
+        timed = [row for row in table["rows"] if row["time_ms"] is not None and row["thresholds"]]
+        assert timed
+        for row in timed:
+            name = "T=" + ",".join(repr(float(t)) for t in row["thresholds"])
+            assert row["timed_exit_percent"] == [100 * f for f in points[name]["exit_fractions"]]
+        header = re.split(r"\s{2,}", format_table(table["rows"]).splitlines()[0])
+        assert header.index("Timed exits(%)") == header.index("IQR(ms)") + 1
+        assert "whose exits are the timed exits" in table["title"]
 
 
 def test_results_table_prints_the_timed_exits_and_reads_older_rows(tmp_path, capsys):
