@@ -212,6 +212,14 @@ class Experiment:
             self.config.setdefault("blas", old.get("blas"))  # the BLAS threads chosen before
             changed = [k for k in TRAINING_KEYS
                        if old.get(k, TRAINING_DEFAULTS.get(k)) != self.config.get(k)]
+            if changed == ["ranks"] and self.trained():
+                # How many processes trained it is no setting of what follows, which trains
+                # nothing: e.g. a 2-rank CPU training timed on a GPU by one process.
+                self.log(f"note: {self.out} was trained by {old['ranks']} processes and its "
+                         f"training is complete; this run trains nothing (its record stays)")
+                for key in ("ranks", "global_batch_size", "distributed"):
+                    self.config[key] = old.get(key)
+                changed = []
             if changed:
                 raise SettingsError(
                     f"{self.out} holds a run with other settings ({', '.join(changed)}: "
@@ -233,6 +241,10 @@ class Experiment:
             with atomic_path(self.path("val_index.npy")) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, self.data.val_index)
+
+    def trained(self):
+        """Whether both networks' final weights are in the folder (nothing left to train)."""
+        return all(os.path.exists(self.path(n)) for n in ("baseline.npz", "branchynet.npz"))
 
     def set_blas_threads(self, device):
         """BLAS threads for training and batched work (``--blas-threads``; 'auto': the

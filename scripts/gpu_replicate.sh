@@ -30,6 +30,9 @@
 #      results folders live on the GPU machine (e.g. RESULTS_DIR=results on your own),
 #      RESULTS_PREFIX (default gpu-h200) the start of their names.
 #
+# NETS (environment, default "lenet alexnet resnet"): which networks to train and time;
+# resnet-converged times the CPU-trained B-ResNet-110 (results/cpu-resnet110_cifar10-converged,
+# carried with `pack --resume`) on the GPU and trains nothing.
 # Time (seconds, environment): TOTAL_S (default 525 on the GPU: the command ends by then),
 # SWEEP_S (time kept for step 3, default 150), PACK_S (default 25). Exit status 0 when the
 # checks passed and every training ran to the end, 3 when a training stopped at its
@@ -58,8 +61,15 @@ case "$MODE" in
         # The same runner steps on 200 training images: minutes on a CPU, not results.
         TINY=(--train-limit 200 --test-limit 100 --timing-samples 20 --batch-size 50
               --baseline-epochs 2 --branchy-epochs 1) ;;
-    *) sed -n '2,37p' "$0"; exit 2 ;;
+    *) sed -n '2,38p' "$0"; exit 2 ;;
 esac
+# NETS (environment): the networks to train and time, e.g. NETS=alexnet gives one the GPU.
+read -ra NETS <<< "${NETS:-lenet alexnet resnet}"
+for net in "${NETS[@]}"; do
+    case $net in lenet|alexnet|resnet|resnet-converged) ;;
+        *) echo "error: NETS has '$net': choose from lenet, alexnet, resnet," \
+                "resnet-converged" >&2; exit 2 ;; esac
+done
 DATA=$BASE/branchynet-data; WHEELS=$BASE/branchynet-wheels; SITE=$BASE/branchynet-site
 export BRANCHYNET_CARRY_DIR=$BASE/branchynet-carry
 mkdir -p "$OUTDIR" "$RESULTS"
@@ -134,32 +144,43 @@ checks() {  # checks SECONDS: 0 passed, 1 failed, 124 cut at the time limit
     if [ $tests = 124 ] || [ $nvrtc = 124 ]; then return 124; fi
     [ $tests = 0 ] && [ $nvrtc = 0 ]
 }
-# The checks use the GPU too: they end by the trainings' end (+30 s), before any timing.
-if [ $(( TRAIN_END - $(date +%s) )) -lt 30 ]; then
-    note "error: only $(( TRAIN_END - $(date +%s) )) s left for training after the set-up:" \
-         "raise TOTAL_S or lower SWEEP_S"; exit 2
-fi
-checks $(( TRAIN_END - $(date +%s) + 30 )) & CHECKS_PID=$!
 
-NETS=(lenet alexnet resnet)
 declare -A FLAGS=(
     [lenet]="--network lenet_mnist --paper"
     [alexnet]="--network alexnet_cifar10 --paper"
-    [resnet]="--network resnet110_cifar10 --recipe fast")
+    [resnet]="--network resnet110_cifar10 --recipe fast"
+    # scripts/reproduce_cpu_results.sh resnet-converged: 2 ranks of 64 there, trained there
+    [resnet-converged]="--network resnet110_cifar10 --recipe fast --lr 0.05 --baseline-epochs 12
+                        --branchy-epochs 2 --eval-limit 5000 --batch-size 64")
 # Timing flags (not training settings), sized to the minutes left after training: 3
 # interleaved rounds (the runner's default is 5) of the baseline, every exit path and every
 # frontier point, on 1,000 test samples for B-LeNet, 500 for B-AlexNet and 300 for
 # B-ResNet-110 (about 10 ms each at batch size 1 on a GPU: Python and kernel launches).
 declare -A SWEEP_FLAGS=([lenet]="--timing-rounds 3"
                         [alexnet]="--timing-rounds 3 --timing-samples 500"
-                        [resnet]="--timing-rounds 3 --timing-samples 300")
+                        [resnet]="--timing-rounds 3 --timing-samples 300"
+                        [resnet-converged]="--timing-rounds 3 --timing-samples 200 --timed-points 10")
 if [ "$MODE" = dry-run ]; then  # the tiny setting's 20 samples
-    SWEEP_FLAGS[alexnet]="--timing-rounds 3"; SWEEP_FLAGS[resnet]="--timing-rounds 3"
+    for net in alexnet resnet resnet-converged; do SWEEP_FLAGS[$net]="--timing-rounds 3"; done
 fi
 declare -A FOLDER=(
     [lenet]="$PREFIX-lenet-mnist-paper"
     [alexnet]="$PREFIX-alexnet-cifar10-paper"
-    [resnet]="$PREFIX-resnet110-cifar10-fast")
+    [resnet]="$PREFIX-resnet110-cifar10-fast"
+    [resnet-converged]="cpu-resnet110_cifar10-converged")
+for net in "${NETS[@]}"; do  # trained elsewhere: its weights must have come along
+    if [ "$net" = resnet-converged ] && [ ! -e "$RESULTS/${FOLDER[$net]}/branchynet.npz" ]; then
+        note "error: NETS=resnet-converged needs the trained folder in $RESULTS: carry it" \
+             "with 'python scripts/gpu_pack_data.py pack --resume" \
+             "results/${FOLDER[$net]}' (docs/gpu.md section 6)"; exit 2
+    fi
+done
+# The checks use the GPU too: they end by the trainings' end (+30 s), before any timing.
+if [ $(( TRAIN_END - $(date +%s) )) -lt 30 ]; then
+    note "error: only $(( TRAIN_END - $(date +%s) )) s left for training after the set-up:" \
+         "raise TOTAL_S or lower SWEEP_S"; exit 2
+fi
+checks $(( TRAIN_END - $(date +%s) + 30 )) & CHECKS_PID=$!
 runner() {  # runner NET: CMD = the runner with the network's training flags
     # shellcheck disable=SC2206
     CMD=("$PYTHON" -m experiments.run ${FLAGS[$1]} "${TINY[@]}" --device "$DEVICE"

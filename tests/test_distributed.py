@@ -176,6 +176,10 @@ def test_runner_with_two_ranks_and_a_time_budget(mpiexec, tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stdout.count("[baseline] stopped at the time budget after epoch 0.00") == 1
     assert sorted(os.listdir(out)) == ["baseline", "config.json"]
+    # Not trained yet: another number of processes would change the training, refused.
+    again = launch(mpiexec, 1, ["-m", "experiments.run"] + TINY + ["--out", out])
+    assert again.returncode == 2
+    assert "ranks: [2] there, [1] now" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_runner_with_two_ranks(mpiexec, tmp_path):
@@ -192,9 +196,17 @@ def test_runner_with_two_ranks(mpiexec, tmp_path):
     assert not glob.glob(f"{out}/**/*.tmp", recursive=True)
     from experiments.run import main
     assert main(["--from-results", out]) is True
+    # Trained: one process may use the folder (e.g. to time it on a GPU); it trains
+    # nothing and the record of the 2-rank training stays.
+    weights = open(f"{out}/branchynet.npz", "rb").read()
     again = launch(mpiexec, 1, ["-m", "experiments.run"] + TINY + ["--out", out])
-    assert again.returncode == 2
-    assert "ranks: [2] there, [1] now" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "was trained by 2 processes and its training is complete" in again.stdout
+    assert open(f"{out}/branchynet.npz", "rb").read() == weights
+    config = json.load(open(f"{out}/config.json"))
+    assert (config["ranks"], config["global_batch_size"]) == (2, 32)
+    assert config["distributed"]["communicator"] == "NaiveCommunicator"
+    assert main(["--from-results", out]) is True
 
 
 FAILING_NET = '''
