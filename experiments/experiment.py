@@ -846,10 +846,32 @@ class Experiment:
                     infeasible.append(f"[{result['tag']}] {doc['rows'][-1]['note']}")
             results.append(result)
             infeasible += result["infeasible"]
+        results += self.earlier_devices({r["tag"] for r in results})
         summary = self.summary(results)
         write_json(self.path("summary.json"), summary)
         self.log(f"results in {self.out}/")
         return summary, infeasible
+
+    def earlier_devices(self, done):
+        """Devices timed by earlier runs on these weights, derived from their records as
+        written, so that the summary keeps them (e.g. the CPU rows of a folder timed on a
+        GPU later); a record made with other weights is left out, and said."""
+        results = []
+        for path in self.timing_records():
+            if _tag_of(path) in done:
+                continue
+            record = read_json(path)
+            if canonical_key(record["measurement_key"]).get("weights") != self.weights_key():
+                self.log(f"note: {path} was made with other weights: not in summary.json "
+                         f"(time that device again to include it)")
+                continue
+            results.append(self.derive(_tag_of(path), record))
+        return results
+
+    def timing_records(self):
+        """The folder's timing_<tag>.json of this criterion, one per device timed."""
+        return [p for p in sorted(glob.glob(self.path("timing_*.json")))
+                if _criterion_of(_tag_of(p)) == self.s.criterion]
 
     def summary(self, results):
         """What summary.json holds: accuracies, costs, training records and every device's
@@ -931,13 +953,13 @@ class Experiment:
         problems = []
         if verify_outputs:
             problems += self.verify_outputs(verify_outputs)
-        records = [p for p in sorted(glob.glob(self.path("timing_*.json")))
-                   if _criterion_of(_tag_of(p)) == self.s.criterion]
+        records = self.timing_records()
         if not records:
             raise SettingsError(f"{self.out} has no timing_<device>.json to derive from")
         results = [self.derive(_tag_of(p), read_json(p)) for p in records]
         names = [name for r in results for name in derived_files(r["tag"], self.val_outputs)]
-        # summary.json holds the devices of the run that wrote it last (one criterion).
+        # summary.json holds every device timed in the folder (one criterion); folders
+        # written before it did hold the devices of the run that wrote them last.
         committed_summary = self.path("summary.json")
         tags = set(read_json(committed_summary).get("devices", {})) if os.path.exists(
             committed_summary) else {r["tag"] for r in results}

@@ -210,3 +210,30 @@ def test_batch_size_one_exits_are_compared_with_the_sweep():
     assert compare_with_sweep(outputs, [1.0, 1.0], np.array([0, 1, 0])) == (1, 1)
     # Sample 2 (score 0.2) went to the last exit: a real disagreement.
     assert compare_with_sweep(outputs, [1.0, 1.0], np.array([0, 1, 2])) == (2, 1)
+
+
+def test_the_summary_keeps_the_devices_timed_by_earlier_runs(tmp_path, capsys):
+    """A folder timed on one device and later on another (the CPU rows, then a GPU's)
+    keeps both in summary.json, which scripts/results_table.py reads; a record made with
+    other weights is left out, and said."""
+    import shutil
+    out = str(tmp_path / "run")
+    main(TINY + ["--out", out])
+    # The record another device's run leaves (here the CPU's, under the GPU's name).
+    shutil.copy(os.path.join(out, "timing_cpu.json"), os.path.join(out, "timing_gpu0.json"))
+    summary = main(TINY + ["--out", out])
+    assert set(summary["devices"]) == {"cpu", "gpu0"}
+    assert [r["time_ms"] for r in summary["devices"]["gpu0"]["rows"]] == [
+        r["time_ms"] for r in summary["devices"]["cpu"]["rows"]]
+    with open(os.path.join(out, "summary.json")) as f:
+        assert set(json.load(f)["devices"]) == {"cpu", "gpu0"}
+    with open(os.path.join(out, "timing_gpu0.json")) as f:
+        record = json.load(f)
+    record["measurement_key"]["weights"]["branchynet"] = "0" * 64
+    with open(os.path.join(out, "timing_gpu0.json"), "w") as f:
+        json.dump(record, f)
+    capsys.readouterr()
+    summary = main(TINY + ["--out", out])
+    assert set(summary["devices"]) == {"cpu"}
+    assert "timing_gpu0.json was made with other weights: not in summary.json" in \
+        capsys.readouterr().out
