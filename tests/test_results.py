@@ -20,6 +20,7 @@ import shutil
 import numpy as np
 import pytest
 
+from experiments.experiment import _tag_of
 from experiments.run import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,8 +59,7 @@ def samples_to_verify(folder):
 
 def device_tags(folder):
     """The devices a runner folder was timed on: cpu, gpu0, ... (its timing_<tag>.json)."""
-    return sorted(os.path.basename(p)[len("timing_"):-len(".json")]
-                  for p in glob.glob(os.path.join(folder, "timing_*.json")))
+    return sorted(_tag_of(p) for p in glob.glob(os.path.join(folder, "timing_*.json")))
 
 
 def test_there_are_committed_results():
