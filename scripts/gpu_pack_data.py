@@ -51,6 +51,7 @@ RECEIVED = os.environ.get("BRANCHYNET_CARRY_DIR", "/tmp/branchynet-carry")
 MIB = 1 << 20
 CALL_LIMIT_MIB = 64
 MARGIN_MIB = 2  # for files the working tree gains before the call (logs, notes)
+MIN_CALL_MIB = 8  # below this a tree too big for the transfers is refused
 # The official md5s, as branchynet/datasets/cifar10.py holds them: copied, not imported,
 # because this script runs on the device before Chainer (which branchynet imports) is there.
 CIFAR_FILES = {
@@ -180,7 +181,7 @@ def tree_mib():
     return sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / MIB
 
 
-def build_streams(data, state, jobs, resume=()):
+def build_streams(data, state, jobs):
     """The files to carry: [(kind, name, path)], coding CIFAR-10 into .gpu-carry/streams."""
     streams_dir = os.path.join(CARRY, "streams")
     os.makedirs(streams_dir, exist_ok=True)
@@ -214,27 +215,26 @@ def build_streams(data, state, jobs, resume=()):
     if not found:
         raise PackError(f"no wheels in {wheels}: run scripts/gpu_wheelhouse.sh first")
     streams += [("wheels", n, os.path.join(wheels, n)) for n in found]
-    if state and resume:
-        raise PackError("give --state or --resume, not both")
     if state:
-        if not os.path.isfile(state):
-            raise PackError(f"--state {state}: no such file (the state.tar.gz that "
-                            f"'collect' rebuilt from a device run's parts)")
         streams.append(("state", "state.tar.gz", state))
-    if resume:
-        members = []
-        for folder in resume:
-            if not os.path.isfile(os.path.join(folder, "config.json")):
-                raise PackError(f"--resume {folder}: not a results folder (no config.json)")
-            name = os.path.basename(os.path.normpath(folder))
-            members += [(os.path.join(folder, m), os.path.join(name, m))
-                        for m in state_members(folder)]
-        path = os.path.join(streams_dir, "state.tar.gz")
-        _write_atomic(path, _tar_gz(members))
-        print(f"state to resume: {len(members)} files of {len(resume)} folder(s), "
-              f"{os.path.getsize(path) / MIB:.1f} MiB")
-        streams.append(("state", "state.tar.gz", path))
     return streams
+
+
+def write_resume_state(resume):
+    """The results folders to continue, as .gpu-carry/streams/state.tar.gz; returns its path."""
+    members = []
+    for folder in resume:
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise PackError(f"--resume {folder}: not a results folder (no config.json)")
+        name = os.path.basename(os.path.normpath(folder))
+        members += [(os.path.join(folder, m), os.path.join(name, m))
+                    for m in state_members(folder)]
+    os.makedirs(os.path.join(CARRY, "streams"), exist_ok=True)
+    path = os.path.join(CARRY, "streams", "state.tar.gz")
+    _write_atomic(path, _tar_gz(members))
+    print(f"state to resume: {len(members)} files of {len(resume)} folder(s), "
+          f"{os.path.getsize(path) / MIB:.1f} MiB, in {os.path.relpath(path)}")
+    return path
 
 
 def _map(fn, items, jobs):
@@ -259,6 +259,8 @@ def plan_calls(streams, capacity):
     Returns the manifest: every stream with its sha256 and its chunks, each chunk with
     its call (1-based), file name and sha256. Streams are cut to fill each call.
     """
+    if capacity <= 0:
+        raise PackError(f"no room for data in a transfer ({capacity} bytes)")
     manifest, call, room = {"streams": [], "calls": 1}, 1, capacity
     for kind, name, path in streams:
         size = os.path.getsize(path)
@@ -280,11 +282,30 @@ def plan_calls(streams, capacity):
 
 
 def pack(args):
+    if args.state and args.resume:
+        raise PackError("give --state or --resume, not both")
+    if args.limit_mib is not None and args.limit_mib <= 0:
+        raise PackError(f"--limit-mib {args.limit_mib}: give a positive number of MiB")
+    if args.state and not os.path.isfile(args.state):
+        raise PackError(f"--state {args.state}: no such file (the state.tar.gz that "
+                        f"'collect' rebuilt from a device run's parts)")
+    state = write_resume_state(args.resume) if args.resume else args.state
     if args.limit_mib:
         capacity_mib = args.limit_mib
     else:
-        capacity_mib = CALL_LIMIT_MIB - tree_mib() - MARGIN_MIB
-    streams = build_streams(args.data, args.state, args.jobs, args.resume or ())
+        tree = tree_mib()
+        capacity_mib = CALL_LIMIT_MIB - tree - MARGIN_MIB
+        if capacity_mib < MIN_CALL_MIB:
+            again = f"'pack --state {os.path.relpath(state)}' (the state to resume is kept " \
+                    f"there)" if state else "'pack'"
+            raise PackError(
+                f"the working tree is {tree:.1f} MiB and travels with every transfer: it "
+                f"leaves {max(capacity_mib, 0):.1f} of the {CALL_LIMIT_MIB} MiB for the data. "
+                f"Leave the committed results, notebooks and docs out of the copy sent "
+                f"('git ls-files -z results notebooks docs | xargs -0 rm -f'), run {again}, "
+                f"and after the transfers put them back ('git checkout -- results notebooks "
+                f"docs')")
+    streams = build_streams(args.data, state, args.jobs)
     manifest = plan_calls(streams, int(capacity_mib * MIB))
     for name in os.listdir(CARRY):
         if name.startswith("call"):

@@ -136,3 +136,31 @@ def test_pack_receive_assemble_end_to_end(tmp_path, monkeypatch, capsys):
     chunk.write_bytes(b"x" + chunk.read_bytes()[1:])
     assert m.main(["receive", "1"]) == 2
     assert "repeat call 1" in capsys.readouterr().err
+
+
+def test_pack_refuses_a_working_tree_that_leaves_no_room(tmp_path, monkeypatch, capsys):
+    """A tree as big as a transfer is refused before any coding, with the way out; the state
+    to resume is kept so that 'pack --state' continues from it (it looped forever before)."""
+    m = _module()
+    run = tmp_path / "results" / "gpu-x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "baseline.npz").write_bytes(os.urandom(1000))
+    carry = tmp_path / "carry"
+    monkeypatch.setattr(m, "CARRY", str(carry))
+    monkeypatch.setattr(m, "tree_mib", lambda: 110.8)
+    coded = []
+    monkeypatch.setattr(m, "build_streams",
+                        lambda *a: coded.append(a) or [("state", "state.tar.gz", a[1])])
+    assert m.main(["pack", "--data", str(tmp_path / "data"), "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "110.8 MiB" in err and "git checkout -- results notebooks docs" in err
+    assert "pack --state" in err and "state.tar.gz" in err
+    assert coded == [] and not any(p.name.startswith("call") for p in carry.iterdir())
+    assert (carry / "streams" / "state.tar.gz").is_file()
+    monkeypatch.setattr(m, "tree_mib", lambda: 2.9)
+    assert m.main(["pack", "--data", str(tmp_path / "data"), "--state",
+                   str(carry / "streams" / "state.tar.gz")]) == 0
+    assert coded and coded[0][1] == str(carry / "streams" / "state.tar.gz")
+    assert m.main(["pack", "--data", "x", "--limit-mib", "0"]) == 2
+    assert "positive number" in capsys.readouterr().err
