@@ -21,7 +21,8 @@
 #   3. once all trainings have stopped (the GPU is quiet), for each network trained to the
 #      end: the runner again on the GPU (exit outputs, exact sweep, synchronised batch-1
 #      timings, Table I rows, plots), one after another, each cut at the time left;
-#   4. OUTDIR (default $OUT, else ./gpu-replicate-out) gets at most 8 files: logs.tar.gz
+#   3b. with LATENCY, where a batch-size-1 millisecond goes (benchmarks/latency.py);
+#   4. OUTDIR (default $OUT, else ./gpu-replicate-out) gets logs.tar.gz
 #      (env, checks, every log), summary.txt, and the results folders with the weights and
 #      the snapshots needed to continue as state.tar.gz.part-NN (<= 9.5 MiB each, <= 5)
 #      with state.sha256; `scripts/gpu_pack_data.py collect FILES_AT` rebuilds and unpacks
@@ -33,6 +34,11 @@
 # NETS (environment, default "lenet alexnet resnet"): which networks to train and time;
 # resnet-converged times the CPU-trained B-ResNet-110 (results/cpu-resnet110_cifar10-converged,
 # carried with `pack --resume`) on the GPU and trains nothing.
+# LATENCY (environment, e.g. "lenet alexnet"; default none): after the sweeps, where a
+# batch-size-1 millisecond goes on this device (benchmarks/latency.py on each named
+# network's trained folder: exit paths alone, routing overhead, Chainer's cost per call),
+# OUTDIR/latency_<net>_<tag>.json; a folder trained in an earlier run comes along with
+# `pack --resume`.
 # Time (seconds, environment): TOTAL_S (default 525 on the GPU: the command ends by then),
 # SWEEP_S (time kept for step 3, default 150), PACK_S (default 25). Exit status 0 when the
 # checks passed and every training ran to the end, 3 when a training stopped at its
@@ -65,9 +71,15 @@ case "$MODE" in
 esac
 # NETS (environment): the networks to train and time, e.g. NETS=alexnet gives one the GPU.
 read -ra NETS <<< "${NETS:-lenet alexnet resnet}"
+read -ra LATENCY <<< "${LATENCY:-}"
 for net in "${NETS[@]}"; do
     case $net in lenet|alexnet|resnet|resnet-converged) ;;
         *) echo "error: NETS has '$net': choose from lenet, alexnet, resnet," \
+                "resnet-converged" >&2; exit 2 ;; esac
+done
+for net in "${LATENCY[@]}"; do
+    case $net in lenet|alexnet|resnet|resnet-converged) ;;
+        *) echo "error: LATENCY has '$net': choose from lenet, alexnet, resnet," \
                 "resnet-converged" >&2; exit 2 ;; esac
 done
 DATA=$BASE/branchynet-data; WHEELS=$BASE/branchynet-wheels; SITE=$BASE/branchynet-site
@@ -240,6 +252,35 @@ for net in "${NETS[@]}"; do
     fi
 done
 
+# 3b. Where a batch-size-1 millisecond goes, for the networks named in LATENCY.
+declare -A NETWORK=([lenet]=lenet_mnist [alexnet]=alexnet_cifar10 [resnet]=resnet110_cifar10
+                    [resnet-converged]=resnet110_cifar10)
+LATENCY_FLAGS=(--timing-rounds 3 --timing-samples 200); LATENCY_FAILED=0
+[ "$MODE" = dry-run ] && LATENCY_FLAGS=(--timing-rounds 2 --timing-samples 20
+                                        --routing-samples 50 --profile-samples 5)
+for net in "${LATENCY[@]}"; do
+    folder=$RESULTS/${FOLDER[$net]}
+    if [ ! -e "$folder/branchynet.npz" ]; then
+        note "latency $net: not run (no trained B-net in $folder: train it, or carry it" \
+             "with pack --resume)"; continue
+    fi
+    limit=$(( $(left) - PACK_S ))
+    if [ $limit -lt 30 ]; then
+        note "latency $net: not started ($limit s left)"; continue
+    fi
+    timeout "$limit" "$PYTHON" -m benchmarks.latency --network "${NETWORK[$net]}" \
+        --device "$DEVICE" --results "$folder" --data-dir "$DATA" "${LATENCY_FLAGS[@]}" \
+        --out "$OUTDIR/latency_${net}_$TAG.json" > "$LOGS/latency-$net.log" 2>&1
+    status=$?
+    case $status in
+        0) note "latency $net: done (latency_${net}_$TAG.json)"
+           grep '^\[latency\]' "$LOGS/latency-$net.log" | tee -a "$SUMMARY" ;;
+        124) note "latency $net: cut at the time limit" ;;
+        *) LATENCY_FAILED=1; note "latency $net: FAILED with status $status:"
+           tail -n 8 "$LOGS/latency-$net.log" | tee -a "$SUMMARY" ;;
+    esac
+done
+
 # 4. What comes back.
 tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGS" .
 "$PYTHON" scripts/gpu_pack_data.py pack-state "$RESULTS" --out "$OUTDIR" | tee -a "$SUMMARY"
@@ -249,5 +290,5 @@ for net in "${NETS[@]}"; do
     case ${STATUS[$net]} in 0) ;; 3) [ $result = 0 ] && result=3 ;; *) result=1 ;; esac
 done
 case $CHECKS in 0|124) ;; *) result=1 ;; esac
-[ $SWEEP_FAILED = 0 ] || result=1
+[ $SWEEP_FAILED = 0 ] && [ $LATENCY_FAILED = 0 ] || result=1
 exit $result
