@@ -143,10 +143,24 @@ def sysfs_caches(cpu="/sys/devices/system/cpu/cpu0/cache"):
     return caches
 
 
+def simulable(size, ways, line):
+    """``(size, ways, line)`` as callgrind can simulate it: its set count must be a power of
+    two. Otherwise the sets are rounded down to one and the ways raised in proportion, the
+    size staying about the same (valgrind's own rule for the last level it detects; e.g.
+    a 480 MiB, 16-way L3 of 491,520 sets is simulated as 262,144 sets of 30 ways)."""
+    sets = size // (ways * line)
+    if sets >= 1 and sets & (sets - 1) == 0 and sets * ways * line == size:
+        return size, ways, line
+    power = 1 << (max(sets, 1).bit_length() - 1)
+    ways = max(1, round(size / (power * line)))
+    return power * ways * line, ways, line
+
+
 def machine_caches(caches):
-    """Callgrind's I1, D1 and LL (the last level) from sysfs caches, as (size, ways, line)."""
+    """Callgrind's I1, D1 and LL (the last level) from sysfs caches, as (size, ways, line),
+    each made simulable (``simulable``)."""
     def find(level, types):
-        return next(((c["size"], c["ways"], c["line"]) for c in caches
+        return next((simulable(c["size"], c["ways"], c["line"]) for c in caches
                      if c["level"] == level and c["type"] in types), None)
     last = max((c["level"] for c in caches), default=0)
     config = {"I1": find(1, ("Instruction",)), "D1": find(1, ("Data",)),
@@ -368,8 +382,10 @@ def run_callgrind(spec, config, work, nice, log):
     done = subprocess.run(command, capture_output=True, text=True, env=_child_env())
     seconds = time.monotonic() - start
     if done.returncode:
-        with open(os.path.join(work, "valgrind.log"), errors="replace") as f:
-            tail = f.read()[-2000:]
+        tail = ""
+        if os.path.exists(os.path.join(work, "valgrind.log")):  # not when an option is bad
+            with open(os.path.join(work, "valgrind.log"), errors="replace") as f:
+                tail = f.read()[-2000:]
         raise RuntimeError(f"callgrind run failed (exit {done.returncode}): "
                            f"{done.stderr[-2000:]}\n{tail}")
     with open(spec["out"], encoding="utf-8") as f:
@@ -671,7 +687,10 @@ def tool_record(tool, why, configs):
             "rates": "ll_miss_rate = last-level data misses / data references; d1_miss_rate "
                      "= first-level data misses / data references (reads + writes)",
             "note": "callgrind simulates two levels: this machine's L2 is not simulated; "
-                    "LL is the last level (L3); no prefetching, write-allocate"}
+                    "LL is the last level (L3); no prefetching, write-allocate; a cache "
+                    "whose set count is not a power of two (machine.caches has sysfs's) "
+                    "is simulated with the sets rounded down to one and the ways raised "
+                    "in proportion, as valgrind does"}
 
 
 def machine_record(caches):

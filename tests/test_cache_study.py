@@ -7,6 +7,7 @@ committed B-AlexNet study is redrawn from its JSON alone and must give the commi
 import csv
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -55,7 +56,8 @@ def test_callgrind_counts_each_job_alone(lenet_study):
     assert doc["tool"]["name"] == "callgrind"
     machine = doc["tool"]["caches"]["machine"]
     l1d = next(c for c in cache_study.sysfs_caches() if c["level"] == 1 and c["type"] == "Data")
-    assert machine["D1"] == {"size": l1d["size"], "ways": l1d["ways"], "line": l1d["line"]}
+    size, ways, line = cache_study.simulable(l1d["size"], l1d["ways"], l1d["line"])
+    assert machine["D1"] == {"size": size, "ways": ways, "line": line}
     (series,) = doc["series"]
     jobs = {name: j["per_sample"] for name, j in series["jobs"].items()}
     # Exit 1 runs the first conv and the branch; the baseline the whole trunk; a sample
@@ -170,3 +172,27 @@ def test_points_sharing_exits_share_a_job():
     groups = cache_study.group_points(points, exits)
     assert [(p, [q["name"] for q in qs]) for p, qs in groups] == [((0, 1), ["a", "b", "d"]),
                                                                   ((1, 1), ["c"])]
+
+
+@pytest.mark.parametrize("cache, simulated", [
+    ((49152, 12, 64), (49152, 12, 64)),              # 64 sets: as it is
+    ((503316480, 16, 64), (503316480, 30, 64)),      # 480 MiB L3, 491,520 sets
+    ((12 * 2 ** 20, 16, 64), (12 * 2 ** 20, 24, 64)),  # 12,288 sets (Core iX)
+    ((5 * 2 ** 20, 48, 64), (4194304 * 5 // 4, 80, 64)),  # 1,706.7 sets (AMD)
+])
+def test_caches_are_made_simulable_and_callgrind_takes_them(cache, simulated):
+    """Callgrind refuses a set count that is not a power of two ("Bad option: --LL"),
+    which a 2-core Intel Xeon with a 480 MiB L3 reports: such a cache is simulated with
+    power-of-two sets and more ways, about the same size."""
+    assert cache_study.simulable(*cache) == simulated
+    _valgrind()
+    config = {"I1": (32768, 8, 64), "D1": (32768, 8, 64), "LL": simulated}
+    done = subprocess.run(["valgrind"] + cache_study.callgrind_options(config)
+                          + ["--callgrind-out-file=/dev/null", "true"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    machine = cache_study.machine_caches(cache_study.sysfs_caches())
+    done = subprocess.run(["valgrind"] + cache_study.callgrind_options(machine)
+                          + ["--callgrind-out-file=/dev/null", "true"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
