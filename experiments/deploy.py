@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 import branchynet  # noqa: F401  (Chainer compatibility fixes first)
+from branchynet.flops import expected_macs
 
 EPILOG = """Bad input (no results folder, no weights, no export, ONNX packages missing) is
 reported in one line and exits with status 2. Install the ONNX packages with
@@ -331,7 +332,6 @@ def summarise(timings, fractions, costs, n_exits, points, focus):
     exit paths alone, mixed at the knee's exit fractions) -> with the earlier exits' heads
     (no decisions) -> measured (the decisions too).
     """
-    from branchynet.flops import expected_macs
     fractions = np.asarray(fractions)
     knee_name = focus
     flop_ideal = costs["baseline_macs"] / expected_macs(fractions, costs["path_macs"])
@@ -508,7 +508,7 @@ def table_rows(exp, focus, costs):
                        gain=r["gain"]["median"], gain_low=r["gain"]["low"],
                        gain_high=r["gain"]["high"], gain_significant=r["gain"]["significant"],
                        thresholds=list(thresholds), exit_percent=[100 * f for f in fractions],
-                       macs=float(np.dot(fractions, costs["macs"])))
+                       macs=expected_macs(fractions, costs["macs"]))
             rows.append(row)
     return rows
 

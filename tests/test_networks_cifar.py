@@ -205,3 +205,20 @@ def test_branchy_net_starts_from_the_baseline(name):
     branchy.init_from_baseline(baseline)
     np.testing.assert_allclose(branchy.predict_all_exits(x)[-1], baseline.predict_all_exits(x)[0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_expected_macs_has_one_last_digit_on_every_cpu():
+    """The mix-weighted multiply-adds written to the tables must come out the same on every
+    CPU: a BLAS dot product adds in an order (and with FMA) that its CPU kernel chooses, and
+    gave '22174893.465600003' on a Xeon for the '22174893.4656' committed from an EPYC,
+    failing the recompute of committed folders. Exactly rounded sums do not depend on the
+    order of the terms, so any permutation of the exits gives the same float."""
+    import itertools
+    from branchynet.flops import expected_macs
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        fractions, macs = rng.dirichlet(np.ones(4)), rng.randint(10 ** 5, 3 * 10 ** 8, 4)
+        values = {expected_macs(fractions[list(p)], macs[list(p)])
+                  for p in itertools.permutations(range(4))}
+        assert len(values) == 1
+        assert values.pop() == pytest.approx(float(np.dot(fractions, macs)), rel=1e-15)
