@@ -382,9 +382,9 @@ def run_callgrind(spec, config, work, nice, log):
     done = subprocess.run(command, capture_output=True, text=True, env=_child_env())
     seconds = time.monotonic() - start
     if done.returncode:
-        tail = ""
-        if os.path.exists(os.path.join(work, "valgrind.log")):  # not when an option is bad
-            with open(os.path.join(work, "valgrind.log"), errors="replace") as f:
+        tail, log_file = "", os.path.join(work, "valgrind.log")
+        if os.path.exists(log_file):  # not when valgrind refused an option
+            with open(log_file, errors="replace") as f:
                 tail = f.read()[-2000:]
         raise RuntimeError(f"callgrind run failed (exit {done.returncode}): "
                            f"{done.stderr[-2000:]}\n{tail}")

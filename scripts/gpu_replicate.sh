@@ -72,15 +72,14 @@ esac
 # NETS (environment): the networks to train and time, e.g. NETS=alexnet gives one the GPU.
 read -ra NETS <<< "${NETS:-lenet alexnet resnet}"
 read -ra LATENCY <<< "${LATENCY:-}"
-for net in "${NETS[@]}"; do
-    case $net in lenet|alexnet|resnet|resnet-converged) ;;
-        *) echo "error: NETS has '$net': choose from lenet, alexnet, resnet," \
-                "resnet-converged" >&2; exit 2 ;; esac
-done
-for net in "${LATENCY[@]}"; do
-    case $net in lenet|alexnet|resnet|resnet-converged) ;;
-        *) echo "error: LATENCY has '$net': choose from lenet, alexnet, resnet," \
-                "resnet-converged" >&2; exit 2 ;; esac
+for variable in NETS LATENCY; do
+    declare -n names=$variable
+    for net in "${names[@]}"; do
+        case $net in lenet|alexnet|resnet|resnet-converged) ;;
+            *) echo "error: $variable has '$net': choose from lenet, alexnet, resnet," \
+                    "resnet-converged" >&2; exit 2 ;; esac
+    done
+    unset -n names
 done
 DATA=$BASE/branchynet-data; WHEELS=$BASE/branchynet-wheels; SITE=$BASE/branchynet-site
 export BRANCHYNET_CARRY_DIR=$BASE/branchynet-carry
