@@ -41,7 +41,7 @@ from branchynet.sweep import (ExitOutputs, collect_exit_outputs, evaluate_grid, 
                               predict_runtime, threshold_grid)
 from branchynet.timing import (Interleaved, check_point, check_trunks, interval_coverage,
                                measure_latency, path_name, path_summary, rounds_vs_blocks)
-from branchynet.training import PAPER_RECIPE, Recipe, train_or_load
+from branchynet.training import PAPER_RECIPE, Recipe, load_weights, train_or_load
 from experiments import folder_checks
 from experiments.compare import first_difference
 from experiments.errors import SettingsError
@@ -55,9 +55,9 @@ from experiments import guarantee
 # rate factor: everything of branchynet.training.Recipe but lr, which is its own key.)
 TRAINING_KEYS = ("network", "dataset", "dataset_options", "train_limit", "val_size", "seed",
                  "batch_size", "baseline_epochs", "branchy_epochs", "lr", "loss_weights",
-                 "ranks", "recipe")
+                 "ranks", "recipe", "baseline_from")
 # Values of training keys that folders written before the key existed implicitly had.
-TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1,
+TRAINING_DEFAULTS = {"val_size": 0, "ranks": 1, "baseline_from": None,
                      "recipe": {k: v for k, v in PAPER_RECIPE.to_dict().items() if k != "lr"}}
 # What was read and built, compared when the folder recorded it (older folders did not).
 RECORD_KEYS = ("data_record", "network_structure")
@@ -176,6 +176,9 @@ class Experiment:
                   "branchy_epochs": s.branchy_epochs, "lr": s.lr,
                   "recipe": {k: v for k, v in self.recipe().to_dict().items() if k != "lr"},
                   "recipe_preset": getattr(s, "recipe", None) or "paper",
+                  # --baseline-from: the sha256 of the weights the baseline started from
+                  "baseline_from": (getattr(s, "baseline_from_record", None) or {}).get("sha256"),
+                  "baseline_from_record": getattr(s, "baseline_from_record", None),
                   "loss_weights": s.loss_weights, "paper_preset": s.paper,
                   "criterion": s.criterion, "grid": list(s.grid), "inc_amt": s.inc_amt,
                   "timing_samples": s.timing_samples, "timing_rounds": s.timing_rounds,
@@ -274,6 +277,10 @@ class Experiment:
         whenever training stops (finished, budget, error), rank 0 redraws the learning curve."""
         try:
             self.build_networks()
+            start = getattr(self.s, "baseline_from_record", None)
+            if start and not os.path.exists(self.path("baseline.npz")):
+                # A snapshot in the folder, when there is one, replaces these weights.
+                load_weights(start["file"], self.baseline)
             self._train_one("baseline", self.baseline, device)
             if not distributed.agree(self.comm, os.path.exists(self.path("branchynet.npz"))):
                 self.branchy.init_from_baseline(self.baseline)
@@ -386,7 +393,6 @@ class Experiment:
         compute them from its weights on the CPU (inference only; needs the data), checking
         the inputs are those the outputs were made from."""
         import chainer
-        from branchynet.training import load_weights
         missing = [(split, outputs) for split, outputs in (("test", self.outputs),
                                                            ("val", self.val_outputs))
                    if outputs is not None and outputs.logits is None]
@@ -1033,7 +1039,6 @@ class Experiment:
         validation samples, when the folder has a split; -1: all of them) and compare
         with the committed exit outputs of both networks."""
         import chainer
-        from branchynet.training import load_weights
         self.locate_recorded_data()
         if samples > 0:
             self.s.test_limit = min(samples, self.s.test_limit or samples)

@@ -88,7 +88,7 @@ import numpy as np
 from branchynet import distributed
 from branchynet._compat import cuda_status
 from branchynet.devices import available_devices
-from branchynet.io import FolderInUse, folder_lock
+from branchynet.io import FolderInUse, folder_lock, read_json
 from branchynet.datasets import DatasetError
 from experiments import seeds
 from experiments.experiment import Experiment, SettingsError, compare_with_sweep  # noqa: F401
@@ -98,8 +98,9 @@ from branchynet.sweep import default_grid
 from branchynet.datasets import (DATASET_KINDS, PREPROCESS_CHOICES, dataset_kind, dataset_label,
                                  resolve_data_dir)
 from branchynet.net import BranchyNet
+from branchynet.provenance import file_sha256
 from branchynet.training import (AUGMENTATIONS, OPTIMIZERS, RECIPES, SCHEDULES,
-                                 TimeBudgetExhausted)
+                                 TimeBudgetExhausted, load_weights)
 from networks import ENTRY_POINT_GROUP, REGISTRY, all_names, get_network
 
 # Exit status when --time-budget stopped training before it finished (run again to continue).
@@ -206,6 +207,11 @@ def parse_args(argv=None):
                         help="on-the-fly augmentation of the training images")
     recipe.add_argument("--joint-lr-factor", type=float,
                         help="the joint stage's initial rate as a multiple of --lr")
+    parser.add_argument("--baseline-from", metavar="NPZ",
+                        help="start the baseline's training from these weights (another "
+                        "folder's baseline.npz of the same network) instead of a fresh "
+                        "initialisation: --baseline-epochs more epochs of the recipe, e.g. a "
+                        "second cosine cycle; config.json records the file's sha256")
     parser.add_argument("--train-only", action="store_true",
                         help="stop once both networks are trained (no exit outputs, sweep or "
                         "timing); the same command without it then goes on from the weights")
@@ -487,6 +493,8 @@ def check_args(parser, args):
         "results", f"{spec.slug}-{dataset_label(args.dataset, args.data_dir)}"
         + ("-paper" if args.paper else "-fast" if fast else ""))
     check_out(parser, args.out)
+    if args.baseline_from is not None:
+        check_baseline_from(parser, args, spec)
     if args.timing_samples is not None and args.timing_samples < 0:
         parser.error("--timing-samples must be >= 0 (0: every test sample)")
     if args.timed_points < 2:
@@ -510,6 +518,29 @@ def check_args(parser, args):
         parser.error("--accuracy-floor is a percentage in [0, 100]")
     if args.accuracy_drop is not None and not np.isfinite(args.accuracy_drop):
         parser.error("--accuracy-drop must be a number of percentage points")
+
+
+def check_baseline_from(parser, args, spec):
+    """--baseline-from: a readable npz of this network's baseline; its sha256 and, when it
+    sits in a results folder, that folder's training settings go into ``args``."""
+    path = args.baseline_from
+    if os.path.abspath(path) == os.path.abspath(os.path.join(args.out, "baseline.npz")):
+        parser.error(f"--baseline-from {path!r} is the baseline of --out {args.out} itself: "
+                     f"continue from it in another folder (--out)")
+    if not os.path.isfile(path):
+        parser.error(f"--baseline-from {path!r}: no such file (give a baseline.npz, e.g. "
+                     f"results/<folder>/baseline.npz)")
+    try:
+        load_weights(path, BranchyNet(spec.build(), main_only=True))
+    except (ValueError, OSError) as err:
+        parser.error(f"--baseline-from {path!r} is not a baseline of {spec.name}: {err}")
+    source = os.path.join(os.path.dirname(path), "config.json")
+    config = read_json(source) if os.path.isfile(source) else {}
+    args.baseline_from_record = {
+        "file": path, "sha256": file_sha256(path),
+        **({"folder_settings": {k: config.get(k) for k in (
+            "network", "baseline_epochs", "global_batch_size", "lr", "recipe")}}
+           if config else {})}
 
 
 def _recipe(args):

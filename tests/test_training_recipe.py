@@ -264,3 +264,49 @@ def test_runner_train_only_stops_before_the_sweep(tmp_path, capsys):
     assert summary["trained_only"] and "--train-only: both networks are trained" in capsys.readouterr().out
     assert {"baseline.npz", "branchynet.npz"} <= set(os.listdir(out))
     assert not any(n.startswith(("exit_outputs", "table_", "timing_")) for n in os.listdir(out))
+
+
+def test_baseline_from_starts_the_baseline_from_another_folders_weights(tmp_path, capsys):
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    run.main(TINY + ["--out", first, "--train-only"])
+    start = os.path.join(first, "baseline.npz")
+    # A step size of 1e-12: the continued baseline ends where it started, at the first's
+    # weights, not at a fresh initialisation (whose weights are far from them).
+    again = TINY + ["--out", second, "--train-only", "--lr", "1e-12"]
+    run.main(again + ["--baseline-from", start])
+    with np.load(start) as a, np.load(os.path.join(second, "baseline.npz")) as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a.files)
+    fresh = str(tmp_path / "fresh")
+    run.main(TINY + ["--out", fresh, "--train-only", "--lr", "1e-12"])
+    with np.load(start) as a, np.load(os.path.join(fresh, "baseline.npz")) as b:
+        assert not all(np.allclose(a[k], b[k], atol=1e-3) for k in a.files)
+    config = read_json(os.path.join(second, "config.json"))
+    assert config["baseline_from"] == config["baseline_from_record"]["sha256"]
+    assert config["baseline_from_record"]["folder_settings"]["baseline_epochs"] == 1
+    assert read_json(os.path.join(fresh, "config.json"))["baseline_from"] is None
+    # Other starting weights in the same folder are refused, as any other training setting.
+    other = str(tmp_path / "other.npz")
+    with np.load(start) as a:
+        np.savez(other, **{k: a[k] + (k == sorted(a.files)[0]) for k in a.files})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run.main(again + ["--baseline-from", other])
+    assert refused.value.code == 2
+    assert "holds a run with other settings (baseline_from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, message", [
+    ("missing.npz", "no such file"),
+    ("alien.npz", "is not a baseline of lenet_mnist"),
+    ("out/baseline.npz", "is the baseline of --out"),
+])
+def test_baseline_from_refuses_what_cannot_start_the_baseline(given, message, tmp_path,
+                                                               capsys):
+    np.savez(tmp_path / "alien.npz", W=np.zeros((3, 3), np.float32))  # another network's
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "baseline.npz").write_bytes((tmp_path / "alien.npz").read_bytes())
+    with pytest.raises(SystemExit) as refused:
+        run.parse_args(TINY + ["--out", str(tmp_path / "out"),
+                               "--baseline-from", str(tmp_path / given)])
+    assert refused.value.code == 2 and message in capsys.readouterr().err
