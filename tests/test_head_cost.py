@@ -9,7 +9,8 @@ from branchynet import net as net_module
 from branchynet.flops import exit_path_costs
 from branchynet.head_cost import PathProfile, path_parts
 from branchynet.routing import entropy
-from branchynet.timing import forced_exit_thresholds
+from branchynet.net import Branch, BranchyNet
+from branchynet.timing import TrunkOnly, forced_exit_thresholds
 from networks import get_network
 
 
@@ -83,3 +84,24 @@ def test_path_profile_runs_what_predict_runs(lenet_pair, mnist):
         assert kinds[0] == "set-up" and kinds[-1] == "label"
         assert ("score 1" in kinds) == ("decision 1" in kinds) == True  # noqa: E712
         assert sum(k.startswith("head") for k in set(kinds)) == n + 1
+
+
+def test_trunk_only_timing_skips_type_checks_after_the_first_call_as_predict_does(
+        checks_every_call):
+    seen = []
+
+    def trunk_layer(h):  # records Chainer's setting whenever the trunk runs
+        seen.append(chainer.config.type_check)
+        return h
+
+    net = BranchyNet([trunk_layer, Branch([lambda h: h[:, 0:3]]), trunk_layer,
+                      Branch([lambda h: h[:, 3:6]])])
+    x = np.random.RandomState(0).randn(4, 6).astype(np.float32)
+    run = TrunkOnly(net, x, 1)
+    net_module.INFERENCE_TYPE_CHECK = False
+    for i in range(4):
+        run(i)
+    assert seen == [True] * 2 + [False] * 6  # both segments, then neither
+    net_module.INFERENCE_TYPE_CHECK = True  # checks on every call, as before
+    run(0)
+    assert seen[-1] is True
