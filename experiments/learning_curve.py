@@ -8,8 +8,9 @@ finished epoch) and draws, on one figure, the training accuracy of every exit
 (``main/accuracy/exitK``: the running mean over the epoch's batches, in training mode,
 augmented, with dropout) dashed, and the test accuracy (``test/main/accuracy/exitK``:
 every test sample after the epoch, in inference mode; ``branchynet.training.CurveEvaluator``)
-solid. The joint stage's epochs follow the baseline's; every stage and exit has its own
-colour. The lower panel zooms on the band the final test accuracies lie in (the
+solid. The joint stage's epochs follow the baseline's, and a baseline started from another
+folder's weights (``--baseline-from``) counts on from that folder's epochs; every stage and
+exit has its own colour. The lower panel zooms on the band the final test accuracies lie in (the
 differences that matter there are tenths of a point). Logs written before the test
 evaluation existed have no test accuracy: then only the training curves are drawn, and the
 title says so. The runner (``experiments.run``) draws it whenever training stops.
@@ -41,10 +42,11 @@ def curves(folder):
     config_path = os.path.join(folder, "config.json")
     config = read_json(config_path) if os.path.exists(config_path) else {}
     logged = max((e["epoch"] for e in logs["baseline"]), default=0)
-    offset = config.get("baseline_epochs", logged)
+    start = started_after(config)
+    offset = start + config.get("baseline_epochs", logged)
     found = []
     for stage in STAGES:
-        shift = offset if stage == "branchynet" else 0
+        shift = offset if stage == "branchynet" else start
         for split, prefix in (("train", TRAIN), ("test", TEST)):
             exits = sorted({key[len(prefix):] for entry in logs[stage] for key in entry
                             if key.startswith(prefix)})
@@ -55,6 +57,13 @@ def curves(folder):
                               "epochs": [p[0] for p in points],
                               "accuracy": [p[1] for p in points]})
     return found, offset, config
+
+
+def started_after(config):
+    """Baseline epochs the folder's baseline had before its own (``--baseline-from``: the
+    source folder's), 0 for one trained from a fresh initialisation."""
+    record = config.get("baseline_from_record") or {}
+    return (record.get("folder_settings") or {}).get("baseline_epochs") or 0
 
 
 def plot_learning_curve(folder, path=None):
@@ -108,7 +117,10 @@ def learning_curve_figure(folder):
         axis.set_ylabel("accuracy (%)")
         axis.grid(alpha=0.3)
     zoom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    zoom.set_xlabel("epoch (baseline, then joint B-net training)")
+    start = started_after(config)
+    zoom.set_xlabel("epoch (baseline, then joint B-net training)" if not start else
+                    f"epoch (baseline from the {start} epochs of the weights it started "
+                    f"from, then joint B-net training)")
     zoom.set_title("zoomed on the final test accuracies", fontsize=9)
     name = config.get("network", os.path.basename(os.path.normpath(folder)))
     what = config.get("data_name", config.get("dataset", ""))

@@ -155,6 +155,19 @@ def test_curves_put_both_stages_on_one_axis_with_and_without_test_accuracy(tmp_p
     assert "solid: 1000 test samples" in learning_curve.subtitle(True, 1000)
 
 
+def test_a_baseline_started_from_another_folders_counts_on_from_its_epochs(tmp_path):
+    folder = _folder(tmp_path, True)
+    config = {"network": "net", "baseline_epochs": 2,
+              "baseline_from_record": {"folder_settings": {"baseline_epochs": 12}}}
+    (folder / "config.json").write_text(json.dumps(config))
+    found, offset, _ = learning_curve.curves(str(folder))
+    assert offset == 14
+    assert {c["stage"]: tuple(c["epochs"]) for c in found} == {"baseline": (13, 14),
+                                                               "branchynet": (15, 16)}
+    figure = learning_curve.learning_curve_figure(str(folder))
+    assert "from the 12 epochs of the weights it started from" in figure.axes[1].get_xlabel()
+
+
 def test_learning_curve_command(tmp_path, capsys):
     folder = _folder(tmp_path, False)
     path = learning_curve.main([str(folder), "--table"])
