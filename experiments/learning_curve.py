@@ -10,8 +10,8 @@ augmented, with dropout) dashed, and the test accuracy (``test/main/accuracy/exi
 every test sample after the epoch, in inference mode; ``branchynet.training.CurveEvaluator``)
 solid. The joint stage's epochs follow the baseline's, and a baseline started from another
 folder's weights (``--baseline-from``) counts on from that folder's epochs; every stage and
-exit has its own colour. The lower panel zooms on the band the final test accuracies lie in (the
-differences that matter there are tenths of a point). Logs written before the test
+exit has its own colour. The lower panel zooms on the band the final test accuracies lie
+in (the differences that matter there are tenths of a point). Logs written before the test
 evaluation existed have no test accuracy: then only the training curves are drawn, and the
 title says so. The runner (``experiments.run``) draws it whenever training stops.
 """

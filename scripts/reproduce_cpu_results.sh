@@ -11,9 +11,10 @@
 # learning_curve.png is drawn) and the same command continues exactly. RANKS=N trains
 # alexnet-converged, resnet-converged or resnet-cycle2 on N MPI processes (ChainerMN,
 # --communicator naive, the global batch 128 split over them); the folder is keyed to its
-# rank count, so choose it before the first epoch. TRAIN_ONLY=1 (lenet-seeds and the converged ones) stops once the
-# networks are trained, before the exit outputs, sweep and timing: run the same command
-# again without it when the machine is quiet, for the batch-size-1 timings.
+# rank count, so choose it before the first epoch. TRAIN_ONLY=1 (lenet-seeds and the
+# converged ones) stops once the networks are trained, before the exit outputs, sweep and
+# timing: run the same command again without it when the machine is quiet, for the
+# batch-size-1 timings. Do not edit this script while it runs (sh reads it as it goes).
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
