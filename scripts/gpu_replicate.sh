@@ -33,7 +33,9 @@
 #
 # NETS (environment, default "lenet alexnet resnet"): which networks to train and time;
 # resnet-converged times the CPU-trained B-ResNet-110 (results/cpu-resnet110_cifar10-converged,
-# carried with `pack --resume`) on the GPU and trains nothing.
+# carried with `pack --resume`) on the GPU and trains nothing; resnet-cycle2 does the same for
+# its second cycle (results/cpu-resnet110_cifar10-converged-cycle2: carry both folders, the
+# first holds the baseline it started from).
 # LATENCY (environment, e.g. "lenet alexnet"; default none): after the sweeps, where a
 # batch-size-1 millisecond goes on this device (benchmarks/latency.py on each named
 # network's trained folder: exit paths alone, routing overhead, Chainer's cost per call),
@@ -67,7 +69,7 @@ case "$MODE" in
         # The same runner steps on 200 training images: minutes on a CPU, not results.
         TINY=(--train-limit 200 --test-limit 100 --timing-samples 20 --batch-size 50
               --baseline-epochs 2 --branchy-epochs 1) ;;
-    *) sed -n '2,38p' "$0"; exit 2 ;;
+    *) awk 'NR > 1 && /^set /{exit} NR > 1' "$0"; exit 2 ;;  # the comments above
 esac
 # NETS (environment): the networks to train and time, e.g. NETS=alexnet gives one the GPU.
 read -ra NETS <<< "${NETS:-lenet alexnet resnet}"
@@ -75,9 +77,9 @@ read -ra LATENCY <<< "${LATENCY:-}"
 for variable in NETS LATENCY; do
     declare -n names=$variable
     for net in "${names[@]}"; do
-        case $net in lenet|alexnet|resnet|resnet-converged) ;;
+        case $net in lenet|alexnet|resnet|resnet-converged|resnet-cycle2) ;;
             *) echo "error: $variable has '$net': choose from lenet, alexnet, resnet," \
-                    "resnet-converged" >&2; exit 2 ;; esac
+                    "resnet-converged, resnet-cycle2" >&2; exit 2 ;; esac
     done
     unset -n names
 done
@@ -162,7 +164,11 @@ declare -A FLAGS=(
     [resnet]="--network resnet110_cifar10 --recipe fast"
     # scripts/reproduce_cpu_results.sh resnet-converged: 2 ranks of 64 there, trained there
     [resnet-converged]="--network resnet110_cifar10 --recipe fast --lr 0.05 --baseline-epochs 12
-                        --branchy-epochs 2 --eval-limit 5000 --batch-size 64")
+                        --branchy-epochs 2 --eval-limit 5000 --batch-size 64"
+    # scripts/reproduce_cpu_results.sh resnet-cycle2: the second cycle from the first's baseline
+    [resnet-cycle2]="--network resnet110_cifar10 --recipe fast --lr 0.05 --baseline-epochs 12
+                     --baseline-from $RESULTS/cpu-resnet110_cifar10-converged/baseline.npz
+                     --branchy-epochs 4 --eval-limit 5000 --batch-size 64")
 # Timing flags (not training settings), sized to the minutes left after training: 3
 # interleaved rounds (the runner's default is 5) of the baseline, every exit path and every
 # frontier point, on 1,000 test samples for B-LeNet, 500 for B-AlexNet and 300 for
@@ -170,21 +176,33 @@ declare -A FLAGS=(
 declare -A SWEEP_FLAGS=([lenet]="--timing-rounds 3"
                         [alexnet]="--timing-rounds 3 --timing-samples 500"
                         [resnet]="--timing-rounds 3 --timing-samples 300"
-                        [resnet-converged]="--timing-rounds 3 --timing-samples 200 --timed-points 10")
+                        [resnet-converged]="--timing-rounds 3 --timing-samples 200 --timed-points 10"
+                        [resnet-cycle2]="--timing-rounds 3 --timing-samples 200 --timed-points 10")
 if [ "$MODE" = dry-run ]; then  # the tiny setting's 20 samples
-    for net in alexnet resnet resnet-converged; do SWEEP_FLAGS[$net]="--timing-rounds 3"; done
+    for net in alexnet resnet resnet-converged resnet-cycle2; do
+        SWEEP_FLAGS[$net]="--timing-rounds 3"
+    done
 fi
 declare -A FOLDER=(
     [lenet]="$PREFIX-lenet-mnist-paper"
     [alexnet]="$PREFIX-alexnet-cifar10-paper"
     [resnet]="$PREFIX-resnet110-cifar10-fast"
-    [resnet-converged]="cpu-resnet110_cifar10-converged")
+    [resnet-converged]="cpu-resnet110_cifar10-converged"
+    [resnet-cycle2]="cpu-resnet110_cifar10-converged-cycle2")
 for net in "${NETS[@]}"; do  # trained elsewhere: its weights must have come along
-    if [ "$net" = resnet-converged ] && [ ! -e "$RESULTS/${FOLDER[$net]}/branchynet.npz" ]; then
-        note "error: NETS=resnet-converged needs the trained folder in $RESULTS: carry it" \
-             "with 'python scripts/gpu_pack_data.py pack --resume" \
-             "results/${FOLDER[$net]}' (docs/gpu.md section 6)"; exit 2
-    fi
+    case $net in
+        resnet-converged) needed=("${FOLDER[$net]}/branchynet.npz") ;;
+        resnet-cycle2) needed=("${FOLDER[$net]}/branchynet.npz"
+                               "${FOLDER[resnet-converged]}/baseline.npz") ;;
+        *) needed=() ;;
+    esac
+    for file in "${needed[@]}"; do
+        if [ ! -e "$RESULTS/$file" ]; then
+            note "error: NETS=$net needs $file in $RESULTS: carry its folder with" \
+                 "'python scripts/gpu_pack_data.py pack --resume results/${file%/*}'" \
+                 "(docs/gpu.md section 6)"; exit 2
+        fi
+    done
 done
 # The checks use the GPU too: they end by the trainings' end (+30 s), before any timing.
 if [ $(( TRAIN_END - $(date +%s) )) -lt 30 ]; then
@@ -253,7 +271,7 @@ done
 
 # 3b. Where a batch-size-1 millisecond goes, for the networks named in LATENCY.
 declare -A NETWORK=([lenet]=lenet_mnist [alexnet]=alexnet_cifar10 [resnet]=resnet110_cifar10
-                    [resnet-converged]=resnet110_cifar10)
+                    [resnet-converged]=resnet110_cifar10 [resnet-cycle2]=resnet110_cifar10)
 LATENCY_FLAGS=(--timing-rounds 3 --timing-samples 200); LATENCY_FAILED=0
 [ "$MODE" = dry-run ] && LATENCY_FLAGS=(--timing-rounds 2 --timing-samples 20
                                         --routing-samples 50 --profile-samples 5)

@@ -15,5 +15,6 @@ def test_an_unknown_network_is_refused_before_any_work(tmp_path, variable):
     done = subprocess.run(["bash", SCRIPT, "dry-run", str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert f"{variable} has 'bogus': choose from lenet, alexnet, resnet, resnet-converged" in done.stderr
+    assert (f"{variable} has 'bogus': choose from lenet, alexnet, resnet, "
+            "resnet-converged, resnet-cycle2") in done.stderr
     assert not out.exists()
