@@ -132,15 +132,18 @@ def learning_curve_figure(folder):
 
 
 def zoom_band(found):
-    """The lower panel's accuracy range: around the last accuracy of every test curve
-    (every training curve when there is none) and the highest of those curves over the
-    last half of the epochs, with a margin of a quarter of that span (at least 0.1)."""
+    """The lower panel's accuracy range: around the last two accuracies of every test curve
+    (every training curve when there is none; the last step shows where a curve is going)
+    and the highest of those curves over the last half of the epochs drawn, with a margin
+    of a quarter of that span (at least 0.1)."""
     split = "test" if any(c["split"] == "test" for c in found) else "train"
     curves = [c for c in found if c["split"] == split and c["accuracy"]]
-    last_epoch = max(e for c in curves for e in c["epochs"])
-    late = [a for c in curves for e, a in zip(c["epochs"], c["accuracy"]) if e >= last_epoch / 2]
-    low = min(c["accuracy"][-1] for c in curves)
-    high = max(late + [c["accuracy"][-1] for c in curves])
+    epochs = [e for c in curves for e in c["epochs"]]
+    middle = (min(epochs) + max(epochs)) / 2
+    late = [a for c in curves for e, a in zip(c["epochs"], c["accuracy"]) if e >= middle]
+    finals = [a for c in curves for a in c["accuracy"][-2:]]
+    low = min(finals)
+    high = max(late + finals)
     margin = max(0.25 * (high - low), 0.1)
     return low - margin, min(high + margin, 100 + margin / 4)
 

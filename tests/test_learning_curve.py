@@ -241,3 +241,14 @@ def test_every_stage_and_exit_has_its_colour_and_the_zoom_holds_the_final_accura
     assert low < min(finals) and max(finals) < high and high - low < 1.5
     assert top.get_ylim()[0] < 85
     plt.close(fig)
+
+
+def test_the_zoom_of_a_rising_curve_counted_on_shows_its_last_step():
+    """A baseline still climbing, counted on from epoch 13 (``--baseline-from``): the lower
+    panel spans its last two test accuracies and the half of the epochs drawn, not a band
+    of 0.2 points around the last one. Fails with the band of the last value alone."""
+    found = [{"stage": "baseline", "exit": "exit3", "split": "test",
+              "epochs": list(range(13, 22)),
+              "accuracy": [71.90, 64.42, 76.40, 77.44, 83.08, 83.84, 85.08, 87.08, 87.84]}]
+    low, high = learning_curve.zoom_band(found)
+    assert low < 87.08 and 87.84 < high and high - low < 1.5
