@@ -11,7 +11,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 RESULTS="lenet_mnist=cpu-lenet_mnist-paper alexnet_cifar10=cpu-alexnet_cifar10-converged
-         resnet110_cifar10=cpu-resnet110_cifar10-converged"
+         resnet110_cifar10=cpu-resnet110_cifar10-converged-cycle2"
 on_results=
 if [ "${1:-}" = --on-results ]; then on_results=1; shift; fi
 ./dev.sh setup
