@@ -162,6 +162,9 @@ def tradeoff_figure(title, grid_runtime, grid_accuracy, frontier_runtime, fronti
     return ax.figure
 
 
+LOG_GAIN_SPAN = 20  # largest / smallest gain drawn beyond which the gain axis is logarithmic
+
+
 def gain_figure(ax, title, frontiers, baseline_accuracy, knee=None, marks=(), paper=(),
                 labels=("B-net", "baseline")):
     """Accuracy against the gain over the baseline: the frontier in the paper's terms.
@@ -170,8 +173,12 @@ def gain_figure(ax, title, frontiers, baseline_accuracy, knee=None, marks=(), pa
     solid, dotted, dashed lines (e.g. end to end, then trunk-only); ``knee`` is ``(gain,
     accuracy)``; ``marks`` are more ``(label, gain, accuracy)`` points of this run;
     ``paper`` are the paper's own ``(label, gain, accuracy)`` points, drawn in black.
-    The baseline sits at gain 1. Returns the figure.
+    The baseline sits at gain 1. When the gains drawn span more than ``LOG_GAIN_SPAN``
+    (e.g. the trunk-only gain of a cheap first exit), the gain axis is logarithmic, so
+    the points near 1 stay apart. Returns the figure.
     """
+    from matplotlib.ticker import FuncFormatter
+
     styles = ("-o", ":s", "--^")
     for k, (label, (gains, accuracies)) in enumerate(frontiers.items()):
         order = np.argsort(gains)
@@ -187,6 +194,12 @@ def gain_figure(ax, title, frontiers, baseline_accuracy, knee=None, marks=(), pa
         ax.plot(gain, accuracy, "XPd"[k % 3], ms=8, color="k", mfc="none" if k else "k",
                 label=label, zorder=6)
     ax.axvline(1, color="0.6", lw=0.8, zorder=0)
+    drawn = np.array([1.0, *(g for gains, _ in frontiers.values() for g in gains),
+                      *(g for _, g, _ in (*marks, *paper)), *(knee or ())[:1]], dtype=float)
+    drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+    if drawn.max() / drawn.min() > LOG_GAIN_SPAN:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel("Gain over the baseline (x, batch size 1)")
     ax.set_ylabel("Accuracy (%)")
     ax.set_title(title, fontsize=10)
@@ -225,7 +238,8 @@ def save_figure(fig, path_stem, formats=("png", "pdf")):
 
     for ext in formats:
         with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+            fig.savefig(tmp, format=ext, dpi=150,  # no date: the same figure, the same file
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
     plt.close(fig)
 
 

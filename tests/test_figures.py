@@ -52,6 +52,29 @@ def test_the_gain_panel_sets_this_run_at_the_papers_t_beside_the_papers_points()
     assert panel["knee"][0] == pytest.approx(rows["test knee (as paper)"]["gain"])
 
 
+def _gain_axis_scale(folder):
+    from branchynet.report import gain_figure
+    experiment, result = _derived(os.path.join(RESULTS, folder))
+    sweep = experiment.sweep
+    front = [i for i in result["selection"]["frontier"]
+             if point_name(sweep.thresholds[i]) in result["measured"]]
+    knee = result["measured"][point_name(sweep.thresholds[result["selection"]["knee"]])]
+    panel = experiment.gain_panel(result, front, knee)
+    _, ax = plt.subplots()
+    gain_figure(ax, **panel)
+    scale = ax.get_xscale()
+    plt.close(ax.figure)
+    return scale, max(g for g in panel["frontiers"]["trunk-only (the authors' accounting)"][0])
+
+
+def test_the_gain_axis_turns_logarithmic_when_a_cheap_exit_spreads_the_gains():
+    # B-ResNet-110's exit 1 runs 0.17 ms of trunk: its trunk-only gain is over 100x, which
+    # on a linear axis would squeeze every other point against gain 1.
+    assert _gain_axis_scale("cpu-resnet110_cifar10-converged-cycle2") == ("log", pytest.approx(155, rel=0.05))
+    scale, largest = _gain_axis_scale("cpu-alexnet_cifar10-converged")
+    assert scale == "linear" and largest < 20
+
+
 def test_figures_redraws_a_folder_without_data_and_draws_fig4(tmp_path, capsys):
     source = os.path.join(RESULTS, "cpu-alexnet_cifar10")
     folder = tmp_path / "alexnet"
