@@ -2,23 +2,27 @@
 # Chainer vs ONNX Runtime side by side (docs/deploy.md): per network a small runner results
 # folder, its ONNX export (checked against Chainer) and one interleaved timing of both
 # runtimes at batch size 1. Needs the deploy extra: pip install -e ".[deploy]".
-# The converged networks (lenet-paper, alexnet-converged, the default) take the weights,
-# exit outputs and timing record of their results/cpu-* folder (copied, not retrained),
-# and are also timed per exit subset and profiled per layer (docs/benchmarks.md); 534 s on
-# the quiet 2-core machine of docs/deploy.md (2026-12-03).
+# The converged networks (lenet-paper, alexnet-converged, resnet-converged: the default)
+# take the weights, exit outputs and timing record of their results/cpu-* folder (copied,
+# not retrained), and are also timed per exit subset; B-LeNet and B-AlexNet are profiled
+# per layer too (docs/benchmarks.md). The first two took 534 s on the quiet 2-core machine
+# of docs/deploy.md (2026-12-03).
 # Usage: BRANCHYNET_DATA=../shared/data scripts/deploy_cpu_results.sh \
-#            [lenet-paper|alexnet-converged|lenet|alexnet|resnet]...
+#            [lenet-paper|alexnet-converged|resnet-converged|lenet|alexnet|resnet]...
 set -eu
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 deploy() { .venv/bin/python -m experiments.deploy "$@"; }
-# A converged folder's deploy copy: everything but its README (the same weights and exit
-# outputs, so results/cpu-* and results/deploy-* derive the same tables).
+# A converged folder's deploy copy: everything but its README and its runs' output (the
+# same weights and exit outputs, so results/cpu-* and results/deploy-* derive the same
+# tables).
 converged() {
     mkdir -p "$2"
-    for f in "$1"/*; do [ "$(basename "$f")" = README.md ] || cp -r "$f" "$2"/; done
+    for f in "$1"/*; do
+        case $(basename "$f") in README.md|run-*.log) ;; *) cp -r "$f" "$2"/ ;; esac
+    done
 }
-for network in ${*:-lenet-paper alexnet-converged}; do
+for network in ${*:-lenet-paper alexnet-converged resnet-converged}; do
     case $network in
         # B-LeNet at the paper's settings: the knee, Table I's T and every sample at exit 1.
         lenet-paper) out=results/deploy-lenet_mnist-paper
@@ -38,6 +42,14 @@ for network in ${*:-lenet-paper alexnet-converged}; do
                            deploy subsets --results $out --samples 100 --rounds 5
                            .venv/bin/python -m benchmarks.head_cost --results $out \
                                --samples 100 --rounds 5 ;;
+        # The converged B-ResNet-110 (two cycles of --recipe fast): the knee, Table I's T
+        # and the exit mix of the paper's Table I row (41.5 / 13.8 / 44.7%).
+        resnet-converged) out=results/deploy-resnet110_cifar10-converged
+                          converged results/cpu-resnet110_cifar10-converged-cycle2 $out
+                          deploy export --results $out
+                          deploy time --results $out --samples 100 --rounds 5 \
+                              --max-points 3 --paper-t --exit-mix 0.415 0.138 0.447 --no-progress
+                          deploy subsets --results $out --samples 60 --rounds 5 ;;
         # The demo's B-LeNet (mnist-5k, quick settings); also timed at the exit mix of the
         # benchmark weights' knee (91.3 / 8.7%, FLOP-ideal gain 3.8x there).
         lenet) out=results/deploy-lenet_mnist
@@ -63,7 +75,7 @@ for network in ${*:-lenet-paper alexnet-converged}; do
                 deploy export --results $out
                 deploy time --results $out --samples 30 --rounds 7 --max-points 3 \
                     --exit-mix 0.415 0.138 0.447 --no-progress ;;
-        *) echo "unknown network $network (lenet-paper, alexnet-converged, lenet, alexnet or" \
-                "resnet)" >&2; exit 2 ;;
+        *) echo "unknown network $network (lenet-paper, alexnet-converged, resnet-converged," \
+                "lenet, alexnet or resnet)" >&2; exit 2 ;;
     esac
 done
