@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 import branchynet  # noqa: F401  (Chainer compatibility fixes first)
+from branchynet.datasets import DatasetError
 from branchynet.flops import expected_macs
 
 EPILOG = """Bad input (no results folder, no weights, no export, ONNX packages missing) is
@@ -186,6 +187,8 @@ def load_results(args):
         exp.load_data()
     except SystemExit as err:
         raise UsageError(str(err).removeprefix("error: ")) from None
+    except DatasetError as err:  # its message names the folders looked in and the fix
+        raise UsageError(str(err)) from None
     exp.build_networks()
     load_weights(os.path.join(args.results, "baseline.npz"), exp.baseline)
     load_weights(os.path.join(args.results, "branchynet.npz"), exp.branchy)

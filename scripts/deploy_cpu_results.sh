@@ -4,9 +4,9 @@
 # runtimes at batch size 1. Needs the deploy extra: pip install -e ".[deploy]".
 # The converged networks (lenet-paper, alexnet-converged, resnet-converged: the default)
 # take the weights, exit outputs and timing record of their results/cpu-* folder (copied,
-# not retrained), and are also timed per exit subset; B-LeNet and B-AlexNet are profiled
-# per layer too (docs/benchmarks.md). The first two took 534 s on the quiet 2-core machine
-# of docs/deploy.md (2026-12-03).
+# not retrained), and are also timed per exit subset and profiled per layer
+# (docs/benchmarks.md). The first two took 534 s on the quiet 2-core machine of
+# docs/deploy.md (2026-12-03).
 # Usage: BRANCHYNET_DATA=../shared/data scripts/deploy_cpu_results.sh \
 #            [lenet-paper|alexnet-converged|resnet-converged|lenet|alexnet|resnet]...
 set -eu
@@ -49,7 +49,9 @@ for network in ${*:-lenet-paper alexnet-converged resnet-converged}; do
                           deploy export --results $out
                           deploy time --results $out --samples 100 --rounds 5 \
                               --max-points 3 --paper-t --exit-mix 0.415 0.138 0.447 --no-progress
-                          deploy subsets --results $out --samples 60 --rounds 5 ;;
+                          deploy subsets --results $out --samples 60 --rounds 5
+                          .venv/bin/python -m benchmarks.head_cost --results $out \
+                              --samples 60 --rounds 5 ;;
         # The demo's B-LeNet (mnist-5k, quick settings); also timed at the exit mix of the
         # benchmark weights' knee (91.3 / 8.7%, FLOP-ideal gain 3.8x there).
         lenet) out=results/deploy-lenet_mnist

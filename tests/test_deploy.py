@@ -209,6 +209,22 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+def test_missing_data_is_one_message_and_status_2(tmp_path, monkeypatch, capsys):
+    import branchynet.datasets as datasets
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("BRANCHYNET_DATA", raising=False)
+    monkeypatch.setitem(datasets.LOADERS, "mnist",  # no download attempt
+                        lambda data_dir=None, seed=0, **kw: datasets.load_mnist(
+                            data_dir, mirrors=("http://127.0.0.1:9/",)))
+    (tmp_path / "empty").mkdir()
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "cpu-lenet_mnist-paper")
+    before = sorted(os.listdir(folder))
+    assert cli.main(["export", "--results", folder, "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "mnist" in err and "--data-dir" in err and "Traceback" not in err
+    assert sorted(os.listdir(folder)) == before
+
+
 def test_a_folder_without_weights_is_refused(lenet_results, tmp_path, capsys):
     folder = tmp_path / "copy"
     folder.mkdir()
