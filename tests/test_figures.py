@@ -27,15 +27,20 @@ def _derived(folder):
     return experiment, experiment.derive("cpu", read_json(os.path.join(folder, "timing_cpu.json")))
 
 
-def test_the_gain_panel_sets_this_run_at_the_papers_t_beside_the_papers_points():
-    folder = os.path.join(RESULTS, "cpu-lenet_mnist-paper")
+def _gain_panel(folder):
+    """The right panel's data for a committed folder: (derived result, panel, frontier)."""
     experiment, result = _derived(folder)
-    assert [m[0] for m in result["marks"]] == ["this run at the paper's T = 0.025"]
     sweep = experiment.sweep
     front = [i for i in result["selection"]["frontier"]
              if point_name(sweep.thresholds[i]) in result["measured"]]
     knee = result["measured"][point_name(sweep.thresholds[result["selection"]["knee"]])]
-    panel = experiment.gain_panel(result, front, knee)
+    return result, experiment.gain_panel(result, front, knee), front
+
+
+def test_the_gain_panel_sets_this_run_at_the_papers_t_beside_the_papers_points():
+    folder = os.path.join(RESULTS, "cpu-lenet_mnist-paper")
+    result, panel, front = _gain_panel(folder)
+    assert [m[0] for m in result["marks"]] == ["this run at the paper's T = 0.025"]
     assert panel["paper"] == [("paper, Table I (cpu): LeNet", 1.0, 99.20),
                               ("paper, Table I (cpu): B-LeNet, trunk-only", 5.4, 99.25)]
     rows = {r["selection"]: r for r in read_json(os.path.join(folder, "table_cpu.json"))["rows"]}
@@ -54,12 +59,7 @@ def test_the_gain_panel_sets_this_run_at_the_papers_t_beside_the_papers_points()
 
 def _gain_axis_scale(folder):
     from branchynet.report import gain_figure
-    experiment, result = _derived(os.path.join(RESULTS, folder))
-    sweep = experiment.sweep
-    front = [i for i in result["selection"]["frontier"]
-             if point_name(sweep.thresholds[i]) in result["measured"]]
-    knee = result["measured"][point_name(sweep.thresholds[result["selection"]["knee"]])]
-    panel = experiment.gain_panel(result, front, knee)
+    _, panel, _ = _gain_panel(os.path.join(RESULTS, folder))
     _, ax = plt.subplots()
     gain_figure(ax, **panel)
     scale = ax.get_xscale()
