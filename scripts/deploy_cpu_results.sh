@@ -22,36 +22,33 @@ converged() {
         case $(basename "$f") in README.md|run-*.log) ;; *) cp -r "$f" "$2"/ ;; esac
     done
 }
+# A converged network: its results/cpu-* folder copied, exported, timed at the knee, Table
+# I's T and an exit mix, timed per exit subset and profiled per layer. Arguments: the cpu-*
+# folder, the deploy folder, samples and rounds of the timing, samples of the subsets and
+# the profile (5 rounds each), then the exit mix's fractions.
+deploy_converged() {
+    out=$2 samples=$3 rounds=$4 few=$5
+    converged "$1" "$out"
+    shift 5
+    deploy export --results $out
+    deploy time --results $out --samples $samples --rounds $rounds --max-points 3 --paper-t \
+        --exit-mix "$@" --no-progress
+    deploy subsets --results $out --samples $few --rounds 5
+    .venv/bin/python -m benchmarks.head_cost --results $out --samples $few --rounds 5
+}
 for network in ${*:-lenet-paper alexnet-converged resnet-converged}; do
     case $network in
         # B-LeNet at the paper's settings: the knee, Table I's T and every sample at exit 1.
-        lenet-paper) out=results/deploy-lenet_mnist-paper
-                     converged results/cpu-lenet_mnist-paper $out
-                     deploy export --results $out
-                     deploy time --results $out --samples 300 --rounds 7 --max-points 3 \
-                         --paper-t --exit-mix 1 0 --no-progress
-                     deploy subsets --results $out --samples 200 --rounds 5
-                     .venv/bin/python -m benchmarks.head_cost --results $out --samples 200 \
-                         --rounds 5 ;;
+        lenet-paper) deploy_converged results/cpu-lenet_mnist-paper \
+                         results/deploy-lenet_mnist-paper 300 7 200 1 0 ;;
         # The converged B-AlexNet (--recipe fast): the knee, Table I's T, all at exit 1.
-        alexnet-converged) out=results/deploy-alexnet_cifar10-converged
-                           converged results/cpu-alexnet_cifar10-converged $out
-                           deploy export --results $out
-                           deploy time --results $out --samples 150 --rounds 5 \
-                               --max-points 3 --paper-t --exit-mix 1 0 0 --no-progress
-                           deploy subsets --results $out --samples 100 --rounds 5
-                           .venv/bin/python -m benchmarks.head_cost --results $out \
-                               --samples 100 --rounds 5 ;;
+        alexnet-converged) deploy_converged results/cpu-alexnet_cifar10-converged \
+                               results/deploy-alexnet_cifar10-converged 150 5 100 1 0 0 ;;
         # The converged B-ResNet-110 (two cycles of --recipe fast): the knee, Table I's T
         # and the exit mix of the paper's Table I row (41.5 / 13.8 / 44.7%).
-        resnet-converged) out=results/deploy-resnet110_cifar10-converged
-                          converged results/cpu-resnet110_cifar10-converged-cycle2 $out
-                          deploy export --results $out
-                          deploy time --results $out --samples 100 --rounds 5 \
-                              --max-points 3 --paper-t --exit-mix 0.415 0.138 0.447 --no-progress
-                          deploy subsets --results $out --samples 60 --rounds 5
-                          .venv/bin/python -m benchmarks.head_cost --results $out \
-                              --samples 60 --rounds 5 ;;
+        resnet-converged) deploy_converged results/cpu-resnet110_cifar10-converged-cycle2 \
+                              results/deploy-resnet110_cifar10-converged 100 5 60 \
+                              0.415 0.138 0.447 ;;
         # The demo's B-LeNet (mnist-5k, quick settings); also timed at the exit mix of the
         # benchmark weights' knee (91.3 / 8.7%, FLOP-ideal gain 3.8x there).
         lenet) out=results/deploy-lenet_mnist
